@@ -1,0 +1,105 @@
+//! [`DbClock`]: the time source expiry is judged against on a SQL store.
+
+use std::fmt;
+use std::time::Duration;
+
+use berth_core::clock::truncate_micros;
+use berth_core::{Clock, StoreError, SystemClock};
+use time::{OffsetDateTime, PrimitiveDateTime};
+
+use crate::config::SqlDriver;
+use crate::error::store_error;
+use crate::store::{Pool, timed};
+
+/// The clock of a [`crate::SqlStore`] (SPEC §2 "Time", `docs/adr/0003-sql-store-time-source.md`).
+///
+/// - PostgreSQL and MariaDB/MySQL: the database server's clock (`now()` /
+///   `UTC_TIMESTAMP(6)`), read once per lease operation. Every API server replica on one
+///   database judges expiry against that one clock, so the replicas' own clocks need not agree.
+///   It is the database host's wall clock, so it is not monotonic: a step on that host moves
+///   every replica's notion of time at once.
+/// - SQLite: the process monotonic clock ([`SystemClock`]). SQLite has no server; its `now` is
+///   this host's wall clock at millisecond precision, which steps with NTP. The store serves one
+///   replica, so the process clock is the single time source and never goes backwards.
+#[derive(Clone)]
+pub struct DbClock {
+    source: Source,
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Source {
+    Database(Pool),
+    Process(SystemClock),
+}
+
+impl fmt::Debug for DbClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match &self.source {
+            Source::Database(Pool::Postgres(_)) => "postgres",
+            Source::Database(Pool::Mysql(_)) => "mysql",
+            Source::Database(Pool::Sqlite(_)) => "sqlite",
+            Source::Process(_) => "process monotonic",
+        };
+        f.debug_struct("DbClock")
+            .field("source", &source)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl DbClock {
+    pub(crate) fn new(pool: Pool, timeout: Duration) -> Self {
+        let source = match pool {
+            Pool::Sqlite(_) => Source::Process(SystemClock::new()),
+            other => Source::Database(other),
+        };
+        Self { source, timeout }
+    }
+}
+
+#[async_trait::async_trait]
+impl Clock for DbClock {
+    async fn now(&self) -> Result<OffsetDateTime, StoreError> {
+        let pool = match &self.source {
+            Source::Process(c) => return Ok(c.now_utc()),
+            Source::Database(p) => p,
+        };
+        let t = timed(self.timeout, "clock", async {
+            match pool {
+                Pool::Postgres(p) => sqlx::query_scalar::<_, OffsetDateTime>("SELECT now()")
+                    .fetch_one(p)
+                    .await
+                    .map_err(|e| store_error(SqlDriver::Postgres, e)),
+                Pool::Mysql(p) => {
+                    sqlx::query_scalar::<_, PrimitiveDateTime>("SELECT UTC_TIMESTAMP(6)")
+                        .fetch_one(p)
+                        .await
+                        .map(PrimitiveDateTime::assume_utc)
+                        .map_err(|e| store_error(SqlDriver::Mysql, e))
+                }
+                Pool::Sqlite(_) => unreachable_sqlite(),
+            }
+        })
+        .await?;
+        Ok(truncate_micros(t.to_offset(time::UtcOffset::UTC)))
+    }
+
+    fn name(&self) -> &'static str {
+        match self.source {
+            Source::Database(_) => "database",
+            Source::Process(_) => "monotonic",
+        }
+    }
+
+    fn is_monotonic(&self) -> bool {
+        matches!(self.source, Source::Process(_))
+    }
+}
+
+fn unreachable_sqlite() -> Result<OffsetDateTime, StoreError> {
+    Err(StoreError::Backend {
+        backend: crate::BACKEND,
+        source: "sqlite stores use the process clock".into(),
+    })
+}
