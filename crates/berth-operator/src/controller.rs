@@ -490,6 +490,9 @@ async fn reconcile_inner(bl: &BerthLease, ctx: &Context) -> Result<Action> {
         _ => timing.request_timeout(),
     };
     let sent = Instant::now();
+    if let Some(h) = holding.as_mut() {
+        h.deadlines = h.deadlines.cut_by_request(sent, &timing);
+    }
     let answer = if budget.is_zero() {
         Err(None)
     } else {

@@ -250,6 +250,21 @@ pub struct Deadlines {
     pub stop_at: Instant,
 }
 
+impl Deadlines {
+    /// These deadlines cut to what a heartbeat sent at `sent` with `timing`'s TTL leaves
+    /// standing. The server applies the TTL a heartbeat asks for as soon as it receives it,
+    /// possibly before answering or without an answer ever arriving, so when the TTL was
+    /// lowered (an edited `ttlSeconds`) the older, longer deadline is void from the send on.
+    /// With an unchanged TTL this changes nothing.
+    pub fn cut_by_request(self, sent: Instant, timing: &Timing) -> Self {
+        let cap = deadlines(sent, timing, 0);
+        Self {
+            deadline: self.deadline.min(cap.deadline),
+            stop_at: self.stop_at.min(cap.stop_at),
+        }
+    }
+}
+
 /// Deadlines of a grant whose request was sent at `sent`. `ttl_remaining_millis` is the
 /// server's remaining time (0 or negative when the server did not send it, then `ttl` is used).
 /// The deadline never exceeds `sent + ttl`, so a slow answer never extends it.
@@ -595,6 +610,20 @@ mod tests {
         // Almost nothing left: stop point is the send instant itself.
         let d = deadlines(sent, &t, 500);
         assert_eq!(d.stop_at, sent);
+    }
+
+    #[test]
+    fn a_lowered_ttl_cuts_the_deadline_from_the_send_on() {
+        let t0 = Instant::now();
+        let long = Timing::new(60, 10).unwrap();
+        let held = deadlines(t0, &long, 60_000);
+        // Same TTL, a later send: nothing moves.
+        assert_eq!(held.cut_by_request(t0 + secs(10), &long), held);
+        // The TTL was lowered to 6 s: the grant may end 6 s after this send.
+        let short = Timing::new(6, 2).unwrap();
+        let cut = held.cut_by_request(t0 + secs(10), &short);
+        assert_eq!(cut.deadline, t0 + secs(16));
+        assert_eq!(cut.stop_at, t0 + secs(16) - short.stop_margin());
     }
 
     #[test]

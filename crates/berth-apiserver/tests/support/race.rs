@@ -38,7 +38,8 @@ pub struct Grant {
 
 /// What a client may rely on for one token: from the first acknowledged grant until the
 /// latest `send + ttlRemaining` of any acknowledged grant or renewal, cut at the moment it
-/// sent its release.
+/// sent its release, and at `send + ttl` of any acquire it sent while holding the token (that
+/// acquire renews the grant with its own, possibly shorter, TTL).
 #[derive(Debug, Clone)]
 pub struct Claim {
     pub key: usize,
@@ -67,6 +68,8 @@ pub struct Outcome {
     pub released: u64,
     pub release_conflicts: u64,
     pub abandoned: u64,
+    /// Acquires of a held key with a TTL shorter than what was left of the grant.
+    pub shortened: u64,
     pub errors: Vec<String>,
     pub latencies: Vec<Duration>,
 }
@@ -82,6 +85,7 @@ impl Outcome {
         self.released += o.released;
         self.release_conflicts += o.release_conflicts;
         self.abandoned += o.abandoned;
+        self.shortened += o.shortened;
         self.errors.extend(o.errors);
         self.latencies.extend(o.latencies);
     }
@@ -103,6 +107,17 @@ pub async fn racer(i: usize, replicas: [Client; 2], stop: Instant) -> Outcome {
         let ttl = Duration::from_secs(rng.random_range(1..=2));
         let via = &replicas[rng.random_range(0..2)];
         let send = Instant::now();
+        // Acquiring a key this client still holds renews its grant with the TTL asked for now,
+        // which may be shorter than the one it was granted before: the server may apply that
+        // shorter expiry at any moment from now on, so the client stops counting on the old
+        // deadline past `send + ttl` as it sends.
+        for (_, &idx) in claims.iter().filter(|((k, _), _)| *k == key) {
+            let claim = &mut out.claims[idx];
+            if claim.end > send + ttl {
+                claim.end = send + ttl;
+                out.shortened += 1;
+            }
+        }
         out.ops += 1;
         let result = via.acquire(NS, &name, &holder, ttl).await;
         out.latencies.push(send.elapsed());
@@ -366,7 +381,8 @@ pub async fn race(
     println!(
         "{test}: {CLIENTS} clients, {KEYS} keys, 2 replicas, {wall:.2?}: {ops} ops ({rate:.0} ops/s); \
          {grants} grants, {renewed} renewals ({lost} lost), {released} releases \
-         ({conflicts} after expiry), {abandoned} abandoned, {denials} denials, {errors} errors; \
+         ({conflicts} after expiry), {abandoned} abandoned, {shortened} re-acquired with a \
+         shorter TTL, {denials} denials, {errors} errors; \
          highest tokens {high:?}; longest overlap of claims {max_overlap:?} (allowed {margin:?})",
         ops = out.ops,
         grants = out.grants.len(),
@@ -375,6 +391,7 @@ pub async fn race(
         released = out.released,
         conflicts = out.release_conflicts,
         abandoned = out.abandoned,
+        shortened = out.shortened,
         denials = out.denials.len(),
         errors = out.errors.len(),
     );
