@@ -9,11 +9,11 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 
 use crate::config::SqlDriver;
 use crate::error::store_error;
-use crate::store::{Pool, timed};
+use crate::store::{Pool, timed, with_conn};
 
 /// The clock of a [`crate::SqlStore`] (SPEC §2 "Time", `docs/adr/0003-sql-store-time-source.md`).
 ///
-/// - PostgreSQL and MariaDB/MySQL: the database server's clock (`now()` /
+/// - PostgreSQL and MariaDB/MySQL: the database server's clock (`clock_timestamp()` /
 ///   `UTC_TIMESTAMP(6)`), read once per lease operation. Every API server replica on one
 ///   database judges expiry against that one clock, so the replicas' own clocks need not agree.
 ///   It is the database host's wall clock, so it is not monotonic: a step on that host moves
@@ -67,17 +67,21 @@ impl Clock for DbClock {
         };
         let t = timed(self.timeout, "clock", async {
             match pool {
-                Pool::Postgres(p) => sqlx::query_scalar::<_, OffsetDateTime>("SELECT now()")
-                    .fetch_one(p)
-                    .await
-                    .map_err(|e| store_error(SqlDriver::Postgres, e)),
-                Pool::Mysql(p) => {
+                // `clock_timestamp()`, not `now()`: the time of the read even if a session were
+                // ever inside a transaction, where `now()` stays at the transaction's start.
+                Pool::Postgres(p) => with_conn!(p, SqlDriver::Postgres, |c| {
+                    sqlx::query_scalar::<_, OffsetDateTime>("SELECT clock_timestamp()")
+                        .fetch_one(c)
+                        .await
+                        .map_err(|e| store_error(SqlDriver::Postgres, e))
+                }),
+                Pool::Mysql(p) => with_conn!(p, SqlDriver::Mysql, |c| {
                     sqlx::query_scalar::<_, PrimitiveDateTime>("SELECT UTC_TIMESTAMP(6)")
-                        .fetch_one(p)
+                        .fetch_one(c)
                         .await
                         .map(PrimitiveDateTime::assume_utc)
                         .map_err(|e| store_error(SqlDriver::Mysql, e))
-                }
+                }),
                 Pool::Sqlite(_) => unreachable_sqlite(),
             }
         })

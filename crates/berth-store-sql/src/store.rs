@@ -14,7 +14,7 @@ use secrecy::ExposeSecret;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::{ConnectOptions, Row};
+use sqlx::{ConnectOptions, Connection as _, Row};
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
 use crate::clock::DbClock;
@@ -54,6 +54,72 @@ const GET_MANY_CHUNK: usize = 500;
 
 /// The backend name in logs and metric labels.
 pub const BACKEND: &str = "sql";
+
+/// A pooled connection that goes back to the pool only when the call using it ran to its end.
+///
+/// A call can be cut off part-way: by the store timeout, or because the HTTP client hung up
+/// and its request's future was dropped. sqlx 0.9 does not make every step safe to cut off: a
+/// `BEGIN` cut off at the wrong moment leaves the session inside a transaction sqlx no longer
+/// tracks (every later statement on that connection then runs inside it — acknowledged writes
+/// invisible to other sessions and rolled back when it closes, PostgreSQL's `now()` frozen at
+/// its start), and a MariaDB connection cut off mid-reply can hang the next statement. A
+/// connection whose call did not finish is therefore closed, never reused; the server rolls
+/// back whatever it had open. Test: `*_cancelled_calls_leave_no_transaction_open`.
+pub(crate) struct Checkout<DB: sqlx::Database> {
+    conn: sqlx::pool::PoolConnection<DB>,
+    finished: bool,
+}
+
+impl<DB: sqlx::Database> Checkout<DB> {
+    pub(crate) async fn of(pool: &sqlx::Pool<DB>, driver: SqlDriver) -> Result<Self, StoreError> {
+        let conn = pool.acquire().await.map_err(|e| store_error(driver, e))?;
+        Ok(Self {
+            conn,
+            finished: false,
+        })
+    }
+
+    /// The call ran to its end (successfully or with an answer from the server): the
+    /// connection may serve the next one.
+    pub(crate) fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::Deref for Checkout<DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &DB::Connection {
+        &self.conn
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::DerefMut for Checkout<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.conn
+    }
+}
+
+impl<DB: sqlx::Database> Drop for Checkout<DB> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// Evaluates `$body` with `$c` bound to a connection of `$pool` held by a [`Checkout`]: the
+/// connection is reused afterwards only if `$body` ran to its end.
+macro_rules! with_conn {
+    ($pool:expr, $driver:expr, |$c:ident| $body:expr) => {{
+        let mut checkout = $crate::store::Checkout::of($pool, $driver).await?;
+        let $c = &mut *checkout;
+        let out = $body;
+        checkout.finish();
+        out
+    }};
+}
+pub(crate) use with_conn;
 
 #[derive(Clone)]
 pub(crate) enum Pool {
@@ -426,8 +492,12 @@ fn validate(raw: Raw) -> Result<Versioned<LeaseRecord>, StoreError> {
 
 mod pg {
     use super::*;
+    use sqlx::postgres::PgConnection;
 
-    pub(super) async fn append_history(p: &PgPool, e: &HistoryEntry) -> Result<(), StoreError> {
+    pub(super) async fn append_history(
+        p: &mut PgConnection,
+        e: &HistoryEntry,
+    ) -> Result<(), StoreError> {
         let mut tx = p
             .begin()
             .await
@@ -461,7 +531,7 @@ mod pg {
     }
 
     pub(super) async fn history(
-        p: &PgPool,
+        p: &mut PgConnection,
         key: &LeaseKey,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
@@ -472,7 +542,7 @@ mod pg {
         .bind(key.namespace())
         .bind(key.name())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(p)
+        .fetch_all(&mut *p)
         .await
         .map_err(|e| store_error(SqlDriver::Postgres, e))?;
         rows.iter()
@@ -510,7 +580,7 @@ mod pg {
     }
 
     pub(super) async fn get(
-        p: &PgPool,
+        p: &mut PgConnection,
         key: &LeaseKey,
     ) -> Result<Option<Versioned<LeaseRecord>>, StoreError> {
         let row = sqlx::query(
@@ -519,7 +589,7 @@ mod pg {
         )
         .bind(key.namespace())
         .bind(key.name())
-        .fetch_optional(p)
+        .fetch_optional(&mut *p)
         .await
         .map_err(|e| store_error(SqlDriver::Postgres, e))?;
         row.as_ref().map(decode).transpose()
@@ -527,7 +597,7 @@ mod pg {
 
     /// Reads up to [`GET_MANY_CHUNK`] keys in one statement.
     pub(super) async fn get_chunk(
-        p: &PgPool,
+        p: &mut PgConnection,
         keys: &[LeaseKey],
     ) -> Result<Vec<Versioned<LeaseRecord>>, StoreError> {
         let ph: Vec<String> = (0..keys.len())
@@ -543,14 +613,14 @@ mod pg {
             q = q.bind(k.namespace()).bind(k.name());
         }
         let rows = q
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await
             .map_err(|e| store_error(SqlDriver::Postgres, e))?;
         rows.iter().map(decode).collect()
     }
 
     pub(super) async fn list(
-        p: &PgPool,
+        p: &mut PgConnection,
         params: &ListParams,
     ) -> Result<Vec<Versioned<LeaseRecord>>, StoreError> {
         let lim = limit(params);
@@ -583,7 +653,7 @@ mod pg {
             .bind(lim),
         };
         let rows = q
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await
             .map_err(|e| store_error(SqlDriver::Postgres, e))?;
         rows.iter().map(decode).collect()
@@ -668,13 +738,17 @@ fn written(rows: u64, r: &LeaseRecord, expect: Expect) -> Result<Version, StoreE
 
 mod my {
     use super::*;
+    use sqlx::mysql::MySqlConnection;
 
     fn utc(t: OffsetDateTime) -> PrimitiveDateTime {
         let t = truncate_micros(t).to_offset(UtcOffset::UTC);
         PrimitiveDateTime::new(t.date(), t.time())
     }
 
-    pub(super) async fn append_history(p: &MySqlPool, e: &HistoryEntry) -> Result<(), StoreError> {
+    pub(super) async fn append_history(
+        p: &mut MySqlConnection,
+        e: &HistoryEntry,
+    ) -> Result<(), StoreError> {
         let mut tx = p
             .begin()
             .await
@@ -708,7 +782,7 @@ mod my {
     }
 
     pub(super) async fn history(
-        p: &MySqlPool,
+        p: &mut MySqlConnection,
         key: &LeaseKey,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
@@ -719,7 +793,7 @@ mod my {
         .bind(key.namespace())
         .bind(key.name())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(p)
+        .fetch_all(&mut *p)
         .await
         .map_err(|e| store_error(SqlDriver::Mysql, e))?;
         rows.iter()
@@ -759,7 +833,7 @@ mod my {
     }
 
     pub(super) async fn get(
-        p: &MySqlPool,
+        p: &mut MySqlConnection,
         key: &LeaseKey,
     ) -> Result<Option<Versioned<LeaseRecord>>, StoreError> {
         let row = sqlx::query(
@@ -768,7 +842,7 @@ mod my {
         )
         .bind(key.namespace())
         .bind(key.name())
-        .fetch_optional(p)
+        .fetch_optional(&mut *p)
         .await
         .map_err(|e| store_error(SqlDriver::Mysql, e))?;
         row.as_ref().map(decode).transpose()
@@ -776,7 +850,7 @@ mod my {
 
     /// Reads up to [`GET_MANY_CHUNK`] keys in one statement.
     pub(super) async fn get_chunk(
-        p: &MySqlPool,
+        p: &mut MySqlConnection,
         keys: &[LeaseKey],
     ) -> Result<Vec<Versioned<LeaseRecord>>, StoreError> {
         let ph: Vec<&str> = keys.iter().map(|_| "(?, ?)").collect();
@@ -790,14 +864,14 @@ mod my {
             q = q.bind(k.namespace()).bind(k.name());
         }
         let rows = q
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await
             .map_err(|e| store_error(SqlDriver::Mysql, e))?;
         rows.iter().map(decode).collect()
     }
 
     pub(super) async fn list(
-        p: &MySqlPool,
+        p: &mut MySqlConnection,
         params: &ListParams,
     ) -> Result<Vec<Versioned<LeaseRecord>>, StoreError> {
         let lim = limit(params);
@@ -833,7 +907,7 @@ mod my {
             .bind(lim),
         };
         let rows = q
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await
             .map_err(|e| store_error(SqlDriver::Mysql, e))?;
         rows.iter().map(decode).collect()
@@ -891,6 +965,7 @@ mod my {
 
 mod lite {
     use super::*;
+    use sqlx::sqlite::SqliteConnection;
 
     const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
@@ -910,7 +985,10 @@ mod lite {
         OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
     }
 
-    pub(super) async fn append_history(p: &SqlitePool, e: &HistoryEntry) -> Result<(), StoreError> {
+    pub(super) async fn append_history(
+        p: &mut SqliteConnection,
+        e: &HistoryEntry,
+    ) -> Result<(), StoreError> {
         let mut tx = p
             .begin()
             .await
@@ -944,7 +1022,7 @@ mod lite {
     }
 
     pub(super) async fn history(
-        p: &SqlitePool,
+        p: &mut SqliteConnection,
         key: &LeaseKey,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
@@ -955,7 +1033,7 @@ mod lite {
         .bind(key.namespace())
         .bind(key.name())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(p)
+        .fetch_all(&mut *p)
         .await
         .map_err(|e| store_error(SqlDriver::Sqlite, e))?;
         rows.iter()
@@ -1010,7 +1088,7 @@ mod lite {
     }
 
     pub(super) async fn get(
-        p: &SqlitePool,
+        p: &mut SqliteConnection,
         key: &LeaseKey,
     ) -> Result<Option<Versioned<LeaseRecord>>, StoreError> {
         let row = sqlx::query(
@@ -1019,7 +1097,7 @@ mod lite {
         )
         .bind(key.namespace())
         .bind(key.name())
-        .fetch_optional(p)
+        .fetch_optional(&mut *p)
         .await
         .map_err(|e| store_error(SqlDriver::Sqlite, e))?;
         row.as_ref().map(decode).transpose()
@@ -1027,7 +1105,7 @@ mod lite {
 
     /// Reads up to [`GET_MANY_CHUNK`] keys in one statement.
     pub(super) async fn get_chunk(
-        p: &SqlitePool,
+        p: &mut SqliteConnection,
         keys: &[LeaseKey],
     ) -> Result<Vec<Versioned<LeaseRecord>>, StoreError> {
         let ph: Vec<&str> = keys.iter().map(|_| "(?, ?)").collect();
@@ -1041,14 +1119,14 @@ mod lite {
             q = q.bind(k.namespace()).bind(k.name());
         }
         let rows = q
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await
             .map_err(|e| store_error(SqlDriver::Sqlite, e))?;
         rows.iter().map(decode).collect()
     }
 
     pub(super) async fn list(
-        p: &SqlitePool,
+        p: &mut SqliteConnection,
         params: &ListParams,
     ) -> Result<Vec<Versioned<LeaseRecord>>, StoreError> {
         let lim = limit(params);
@@ -1081,7 +1159,7 @@ mod lite {
             .bind(lim),
         };
         let rows = q
-            .fetch_all(p)
+            .fetch_all(&mut *p)
             .await
             .map_err(|e| store_error(SqlDriver::Sqlite, e))?;
         rows.iter().map(decode).collect()
@@ -1138,9 +1216,9 @@ impl LeaseStore for SqlStore {
     async fn get(&self, key: &LeaseKey) -> Result<Option<Versioned<LeaseRecord>>, StoreError> {
         self.timed("get", async {
             match &self.inner.pool {
-                Pool::Postgres(p) => pg::get(p, key).await,
-                Pool::Mysql(p) => my::get(p, key).await,
-                Pool::Sqlite(p) => lite::get(p, key).await,
+                Pool::Postgres(p) => with_conn!(p, self.inner.driver, |c| pg::get(c, key).await),
+                Pool::Mysql(p) => with_conn!(p, self.inner.driver, |c| my::get(c, key).await),
+                Pool::Sqlite(p) => with_conn!(p, self.inner.driver, |c| lite::get(c, key).await),
             }
         })
         .await
@@ -1150,9 +1228,13 @@ impl LeaseStore for SqlStore {
     async fn list(&self, params: &ListParams) -> Result<Vec<Versioned<LeaseRecord>>, StoreError> {
         self.timed("list", async {
             match &self.inner.pool {
-                Pool::Postgres(p) => pg::list(p, params).await,
-                Pool::Mysql(p) => my::list(p, params).await,
-                Pool::Sqlite(p) => lite::list(p, params).await,
+                Pool::Postgres(p) => {
+                    with_conn!(p, self.inner.driver, |c| pg::list(c, params).await)
+                }
+                Pool::Mysql(p) => with_conn!(p, self.inner.driver, |c| my::list(c, params).await),
+                Pool::Sqlite(p) => {
+                    with_conn!(p, self.inner.driver, |c| lite::list(c, params).await)
+                }
             }
         })
         .await
@@ -1163,9 +1245,15 @@ impl LeaseStore for SqlStore {
         let r = self
             .timed("put", async {
                 match &self.inner.pool {
-                    Pool::Postgres(p) => pg::put(p, record, expect).await,
-                    Pool::Mysql(p) => my::put(p, record, expect).await,
-                    Pool::Sqlite(p) => lite::put(p, record, expect).await,
+                    Pool::Postgres(p) => {
+                        with_conn!(p, self.inner.driver, |c| pg::put(c, record, expect).await)
+                    }
+                    Pool::Mysql(p) => {
+                        with_conn!(p, self.inner.driver, |c| my::put(c, record, expect).await)
+                    }
+                    Pool::Sqlite(p) => {
+                        with_conn!(p, self.inner.driver, |c| lite::put(c, record, expect).await)
+                    }
                 }
             })
             .await;
@@ -1193,9 +1281,16 @@ impl LeaseStore for SqlStore {
     async fn append_history(&self, entry: &HistoryEntry) -> Result<(), StoreError> {
         self.timed("append_history", async {
             match &self.inner.pool {
-                Pool::Postgres(p) => pg::append_history(p, entry).await,
-                Pool::Mysql(p) => my::append_history(p, entry).await,
-                Pool::Sqlite(p) => lite::append_history(p, entry).await,
+                Pool::Postgres(p) => {
+                    with_conn!(p, self.inner.driver, |c| pg::append_history(c, entry).await)
+                }
+                Pool::Mysql(p) => {
+                    with_conn!(p, self.inner.driver, |c| my::append_history(c, entry).await)
+                }
+                Pool::Sqlite(p) => {
+                    with_conn!(p, self.inner.driver, |c| lite::append_history(c, entry)
+                        .await)
+                }
             }
         })
         .await
@@ -1208,9 +1303,15 @@ impl LeaseStore for SqlStore {
     ) -> Result<Option<Vec<HistoryEntry>>, StoreError> {
         self.timed("history", async {
             match &self.inner.pool {
-                Pool::Postgres(p) => pg::history(p, key, limit).await,
-                Pool::Mysql(p) => my::history(p, key, limit).await,
-                Pool::Sqlite(p) => lite::history(p, key, limit).await,
+                Pool::Postgres(p) => {
+                    with_conn!(p, self.inner.driver, |c| pg::history(c, key, limit).await)
+                }
+                Pool::Mysql(p) => {
+                    with_conn!(p, self.inner.driver, |c| my::history(c, key, limit).await)
+                }
+                Pool::Sqlite(p) => {
+                    with_conn!(p, self.inner.driver, |c| lite::history(c, key, limit).await)
+                }
             }
         })
         .await
@@ -1228,9 +1329,15 @@ impl LeaseStore for SqlStore {
             let rows = self
                 .timed("get_many", async {
                     match &self.inner.pool {
-                        Pool::Postgres(p) => pg::get_chunk(p, chunk).await,
-                        Pool::Mysql(p) => my::get_chunk(p, chunk).await,
-                        Pool::Sqlite(p) => lite::get_chunk(p, chunk).await,
+                        Pool::Postgres(p) => {
+                            with_conn!(p, self.inner.driver, |c| pg::get_chunk(c, chunk).await)
+                        }
+                        Pool::Mysql(p) => {
+                            with_conn!(p, self.inner.driver, |c| my::get_chunk(c, chunk).await)
+                        }
+                        Pool::Sqlite(p) => {
+                            with_conn!(p, self.inner.driver, |c| lite::get_chunk(c, chunk).await)
+                        }
                     }
                 })
                 .await?;
@@ -1259,8 +1366,8 @@ impl LeaseStore for SqlStore {
             .timed("put_batch", async {
                 let mut out = Vec::with_capacity(items.len());
                 match &self.inner.pool {
-                    Pool::Postgres(p) => {
-                        let mut tx = p.begin().await.map_err(|e| store_error(d, e))?;
+                    Pool::Postgres(p) => with_conn!(p, d, |c| async {
+                        let mut tx = c.begin().await.map_err(|e| store_error(d, e))?;
                         for (record, expect) in items {
                             out.push(pg::put(&mut *tx, record, *expect).await);
                         }
@@ -1268,10 +1375,11 @@ impl LeaseStore for SqlStore {
                             let _ = tx.rollback().await;
                             return Err(e);
                         }
-                        tx.commit().await.map_err(|e| store_error(d, e))?;
+                        tx.commit().await.map_err(|e| store_error(d, e))
                     }
-                    Pool::Mysql(p) => {
-                        let mut tx = p.begin().await.map_err(|e| store_error(d, e))?;
+                    .await)?,
+                    Pool::Mysql(p) => with_conn!(p, d, |c| async {
+                        let mut tx = c.begin().await.map_err(|e| store_error(d, e))?;
                         for (record, expect) in items {
                             out.push(my::put(&mut *tx, record, *expect).await);
                         }
@@ -1279,10 +1387,11 @@ impl LeaseStore for SqlStore {
                             let _ = tx.rollback().await;
                             return Err(e);
                         }
-                        tx.commit().await.map_err(|e| store_error(d, e))?;
+                        tx.commit().await.map_err(|e| store_error(d, e))
                     }
-                    Pool::Sqlite(p) => {
-                        let mut tx = p.begin().await.map_err(|e| store_error(d, e))?;
+                    .await)?,
+                    Pool::Sqlite(p) => with_conn!(p, d, |c| async {
+                        let mut tx = c.begin().await.map_err(|e| store_error(d, e))?;
                         for (record, expect) in items {
                             out.push(lite::put(&mut *tx, record, *expect).await);
                         }
@@ -1290,8 +1399,9 @@ impl LeaseStore for SqlStore {
                             let _ = tx.rollback().await;
                             return Err(e);
                         }
-                        tx.commit().await.map_err(|e| store_error(d, e))?;
+                        tx.commit().await.map_err(|e| store_error(d, e))
                     }
+                    .await)?,
                 }
                 Ok(out)
             })
@@ -1313,9 +1423,15 @@ impl LeaseStore for SqlStore {
         self.timed("ping", async {
             let d = self.inner.driver;
             let r = match &self.inner.pool {
-                Pool::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
-                Pool::Mysql(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
-                Pool::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+                Pool::Postgres(p) => {
+                    with_conn!(p, d, |c| sqlx::query("SELECT 1").execute(c).await.map(drop))
+                }
+                Pool::Mysql(p) => {
+                    with_conn!(p, d, |c| sqlx::query("SELECT 1").execute(c).await.map(drop))
+                }
+                Pool::Sqlite(p) => {
+                    with_conn!(p, d, |c| sqlx::query("SELECT 1").execute(c).await.map(drop))
+                }
             };
             r.map_err(|e| store_error(d, e))
         })

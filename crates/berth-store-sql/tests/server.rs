@@ -304,6 +304,118 @@ enum Event {
     },
 }
 
+/// Calls cut off at random points — a store timeout, or an HTTP client that hung up and took
+/// its request's future with it — must leave no pooled connection inside an open transaction.
+/// One that did would run later statements inside it: acknowledged writes invisible to every
+/// other connection (and lost when it closes), and PostgreSQL's `now()` frozen at its start.
+async fn cancelled_calls_leave_no_transaction_open(db: TestDb) {
+    use berth_core::{EndReason, HistoryEntry, Holder};
+    use rand::Rng as _;
+
+    let mut cfg = db.config(Migrate::Auto);
+    cfg.max_connections = 2;
+    let store = SqlStore::connect(cfg).await.expect("connect");
+    let outside = db.store().await;
+    let ns = unique_namespace("cancel");
+    let key = |name: String| LeaseKey::new(ns.clone(), name).expect("key");
+    let holder = Holder::new("h").expect("holder");
+    let ttl = Duration::from_secs(30);
+    let mut rng = rand::rng();
+    let started = time::macros::datetime!(2030-01-01 00:00 UTC);
+    // How long an uncut call takes here, so the cuts land anywhere inside one.
+    let t = Instant::now();
+    for i in 0..20 {
+        let batch: Vec<_> = (0..2)
+            .map(|j| {
+                (
+                    mk_record(&key(format!("w{i}-{j}")), "h", 1, ttl),
+                    Expect::Absent,
+                )
+            })
+            .collect();
+        for r in store.put_batch(&batch).await {
+            r.expect("uncut batch");
+        }
+    }
+    let span = (t.elapsed() / 20).as_micros().max(50);
+    // Log-uniform between 10 µs and twice that: as often early as late in a call.
+    let top = (2.0 * span as f64).ln();
+    let cut_at = |rng: &mut rand::rngs::ThreadRng| {
+        Duration::from_micros(rng.random_range(10f64.ln()..top).exp() as u64)
+    };
+    let mut cut_off = 0;
+    for i in 0..1500_i64 {
+        let entry = HistoryEntry {
+            key: key(format!("h{}", i % 4)),
+            holder: holder.clone(),
+            fencing_token: berth_core::FencingToken::new(i + 1).expect("token"),
+            acquired_at: started,
+            ended_at: started,
+            reason: EndReason::Released,
+        };
+        let cut = cut_at(&mut rng);
+        if tokio::time::timeout(cut, store.append_history(&entry))
+            .await
+            .is_err()
+        {
+            cut_off += 1;
+        }
+        let batch: Vec<_> = (0..2)
+            .map(|j| {
+                (
+                    mk_record(&key(format!("b{i}-{j}")), "h", 1, ttl),
+                    Expect::Absent,
+                )
+            })
+            .collect();
+        let cut = cut_at(&mut rng);
+        if tokio::time::timeout(cut, store.put_batch(&batch))
+            .await
+            .is_err()
+        {
+            cut_off += 1;
+        }
+        // A connection left inside a transaction can be freed again by a later call on it
+        // (its COMMIT ends the stray transaction too), so look often.
+        if i % 25 == 24 {
+            check_connections(&store, &outside, &ns, i).await;
+        }
+    }
+    assert!(cut_off > 100, "the calls were cut off ({cut_off} times)");
+    check_connections(&store, &outside, &ns, 1500).await;
+    store.close().await;
+    outside.close().await;
+}
+
+/// Writes through every connection of `store`'s pool (it has at most 2) and reads each write
+/// back through `outside`; reads `store`'s clock against `outside`'s. Fails on a write another
+/// connection cannot see, a clock behind, or a call that hangs.
+async fn check_connections(store: &SqlStore, outside: &SqlStore, ns: &str, round: i64) {
+    let bound = Duration::from_secs(10);
+    let hung = |what: &str| format!("{what} hung after cut-off calls (round {round})");
+    for j in 0..4 {
+        let k = LeaseKey::new(ns, format!("check-{round}-{j}")).expect("key");
+        let record = mk_record(&k, "h", 1, Duration::from_secs(30));
+        tokio::time::timeout(bound, store.put(&record, Expect::Absent))
+            .await
+            .unwrap_or_else(|_| panic!("{}", hung("a write")))
+            .expect("acknowledged write");
+        assert!(
+            outside.get(&k).await.expect("outside read").is_some(),
+            "round {round}: an acknowledged write is invisible to another connection"
+        );
+        let before = outside.clock().now().await.expect("outside clock");
+        let now = tokio::time::timeout(bound, store.clock().now())
+            .await
+            .unwrap_or_else(|_| panic!("{}", hung("a clock read")))
+            .expect("clock");
+        assert!(
+            now >= before,
+            "round {round}: the clock read {now}, after {before} from another connection"
+        );
+    }
+}
+
 /// Two replicas (two pools, two database clocks) on one database; 16 clients race to acquire,
 /// renew and release three keys with a 1 s TTL. Afterwards, per key: tokens were granted once
 /// each and in order, a grant never began before the previous grant's last acknowledged expiry
@@ -731,5 +843,19 @@ async fn mysql_lost_connection_is_unavailable() {
 async fn mysql_identical_update_counts_as_written() {
     if let Some(db) = TestDb::mysql("mysql_identical_update").await {
         identical_update_counts_as_written(db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cancelled_calls_leave_no_transaction_open() {
+    if let Some(db) = TestDb::postgres("postgres_cancelled_calls").await {
+        cancelled_calls_leave_no_transaction_open(db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_cancelled_calls_leave_no_transaction_open() {
+    if let Some(db) = TestDb::mysql("mysql_cancelled_calls").await {
+        cancelled_calls_leave_no_transaction_open(db).await;
     }
 }
