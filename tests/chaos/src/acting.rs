@@ -38,9 +38,21 @@ impl fmt::Display for Act {
     }
 }
 
-/// Two clients acting on one key at once.
+/// What is wrong with a pair of acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActFault {
+    /// Two clients acted on the key at once.
+    AtOnce,
+    /// An act started after another act on the key under a higher token: the grants were
+    /// not in token order, or a client acted on a grant that had already ended.
+    TokenOrder,
+}
+
+/// Two acts on one key that break the lease's promise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActOverlap {
+    /// What is wrong.
+    pub fault: ActFault,
     /// The key.
     pub key: String,
     /// The earlier-starting act.
@@ -51,10 +63,13 @@ pub struct ActOverlap {
 
 impl fmt::Display for ActOverlap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.fault {
+            ActFault::AtOnce => "two clients acting at once",
+            ActFault::TokenOrder => "an act under a lower token after one under a higher token",
+        };
         writeln!(
             f,
-            "VIOLATION two clients acting at once on {}: client {} (token {}) and client {} \
-             (token {})",
+            "VIOLATION {what} on {}: client {} (token {}) and client {} (token {})",
             self.key, self.first.client, self.first.token, self.second.client, self.second.token
         )?;
         writeln!(f, "  {}", self.first)?;
@@ -62,7 +77,9 @@ impl fmt::Display for ActOverlap {
     }
 }
 
-/// Every pair of acts of different clients on one key that overlap, each pair once.
+/// Every pair of acts of different clients on one key that overlap, each pair once, and every
+/// act that started after an act on the same key under a higher token (acts that never overlap
+/// follow their grants, so their tokens only go up over time).
 pub fn check(acts: &[Act]) -> Vec<ActOverlap> {
     let mut per_key: BTreeMap<&str, Vec<&Act>> = BTreeMap::new();
     for a in acts {
@@ -75,16 +92,32 @@ pub fn check(acts: &[Act]) -> Vec<ActOverlap> {
         list.sort_by_key(|a| (a.start, a.end));
         // Acts still running at the current start instant.
         let mut active: Vec<&Act> = Vec::new();
+        // The act with the highest token so far.
+        let mut highest: Option<&Act> = None;
         for a in list {
             active.retain(|b| b.end > a.start);
             for b in &active {
                 if b.client != a.client {
                     out.push(ActOverlap {
+                        fault: ActFault::AtOnce,
                         key: key.to_owned(),
                         first: (*b).clone(),
                         second: a.clone(),
                     });
                 }
+            }
+            match highest {
+                // A pair acting at once is reported once, above.
+                Some(h) if h.token > a.token && (h.end <= a.start || h.client == a.client) => {
+                    out.push(ActOverlap {
+                        fault: ActFault::TokenOrder,
+                        key: key.to_owned(),
+                        first: h.clone(),
+                        second: a.clone(),
+                    });
+                }
+                Some(h) if h.token >= a.token => {}
+                _ => highest = Some(a),
             }
             active.push(a);
         }
@@ -132,10 +165,23 @@ mod tests {
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0].first.client, 2);
         assert_eq!(v[0].second.client, 1);
+        assert_eq!(v[0].fault, ActFault::AtOnce);
         let text = v[0].to_string();
         assert!(
             text.starts_with("VIOLATION two clients acting at once on ns/a: client 2 (token 2)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_act_under_an_older_token_after_a_newer_one_is_reported() {
+        // client 1's grant (token 1) ended; client 2 acted under token 2; client 1 acted on
+        // its stale grant later without overlapping anyone
+        let acts = vec![act(1, 1, 0, 100), act(2, 2, 200, 300), act(1, 1, 400, 450)];
+        let v = check(&acts);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].fault, ActFault::TokenOrder);
+        assert_eq!((v[0].first.token, v[0].second.token), (2, 1));
+        assert!(v[0].to_string().contains("lower token"), "{}", v[0]);
     }
 }

@@ -19,10 +19,13 @@ use crate::pgserver::PgServer;
 use crate::pki::Pki;
 use crate::proxy::Proxy;
 use crate::replica::Replica;
-use crate::workload::{self, Workload};
+use crate::workload::{self, ClientTask, Workload};
 
 /// Namespace of the run's keys.
 pub const NAMESPACE: &str = "chaos";
+
+/// Client ids of the `LeaseHandle` clients start here (the others count from 0).
+pub const HANDLE_CLIENT_IDS: u32 = 1000;
 
 /// Everything that shapes a run.
 #[derive(Debug, Clone)]
@@ -37,6 +40,8 @@ pub struct Config {
     pub replicas: usize,
     /// Number of client tasks.
     pub clients: u32,
+    /// Number of client tasks that hold leases through `LeaseHandle` (on keys of their own).
+    pub handle_clients: u32,
     /// Number of keys.
     pub keys: usize,
     /// Lease TTL.
@@ -66,7 +71,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: 1 replica on SQLite, else 2; 8 clients, 3 keys, TTL 2 s, 12 s, every fault
+    /// Defaults: 1 replica on SQLite, else 2; 8 clients and 2 `LeaseHandle` clients, 3 keys
+    /// each, TTL 2 s, 12 s, every fault
     /// that applies to the store, 800 ms request timeout, store timeout TTL/2, stalls 5 %.
     pub fn new(name: &str, store: StoreKind, apiserver_bin: &Path) -> Self {
         let ttl = Duration::from_secs(2);
@@ -76,6 +82,7 @@ impl Config {
             admin_dsn: None,
             replicas: if store == StoreKind::Sqlite { 1 } else { 2 },
             clients: 8,
+            handle_clients: 2,
             keys: 3,
             ttl,
             duration: Duration::from_secs(12),
@@ -149,6 +156,23 @@ pub fn default_apiserver_bin() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Totals of the `LeaseHandle` clients of a run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HandleStats {
+    /// Grants held.
+    pub grants: u32,
+    /// Holds ended by a lost renewal.
+    pub lost: u32,
+    /// Holds ended by `safe_until` passing.
+    pub expired: u32,
+    /// Releases answered.
+    pub released: u32,
+    /// Releases sent again after no answer.
+    pub release_retries: u32,
+    /// Acts.
+    pub acts: usize,
+}
+
 /// The outcome of a run.
 #[derive(Debug)]
 pub struct Report {
@@ -164,6 +188,8 @@ pub struct Report {
     pub acts: Vec<Act>,
     /// Client stalls past the TTL.
     pub stalls: u32,
+    /// What the `LeaseHandle` clients did (their acts are in `acts`).
+    pub handles: HandleStats,
     /// Failed calls per kind of failure.
     pub errors: BTreeMap<String, u32>,
     /// Every fault.
@@ -307,6 +333,20 @@ impl fmt::Display for Report {
             self.finals,
             self.violations.len() + self.act_violations.len()
         )?;
+        let h = &self.handles;
+        writeln!(
+            f,
+            "{}: LeaseHandle clients {}: grants {}, lost {}, expired {}, released {} ({} resent), \
+             acts {}",
+            self.config.name,
+            self.config.handle_clients,
+            h.grants,
+            h.lost,
+            h.expired,
+            h.released,
+            h.release_retries,
+            h.acts
+        )?;
         let lin = &self.linear;
         writeln!(
             f,
@@ -413,21 +453,35 @@ pub async fn run(cfg: Config) -> Result<Report> {
     };
     let origin = Instant::now();
     let until = origin + cfg.duration;
-    let mut tasks = JoinSet::new();
-    for id in 0..cfg.clients {
-        let clients = cluster
+    let task = |id: u32, work: &Workload| -> Result<ClientTask> {
+        let replicas = cluster
             .client_proxies
             .iter()
             .map(|p| pki.client(&format!("https://{}", p.addr()), cfg.request_timeout))
             .collect::<Result<Vec<_>>>()?;
-        tasks.spawn(workload::run_client(
+        Ok(ClientTask {
             id,
-            clients,
-            work.clone(),
+            replicas,
+            work: work.clone(),
             origin,
             until,
-            cfg.seed,
-        ));
+            seed: cfg.seed,
+        })
+    };
+    let mut tasks = JoinSet::new();
+    for id in 0..cfg.clients {
+        tasks.spawn(workload::run_client(task(id, &work)?));
+    }
+    let handle_work = Workload {
+        keys: (0..cfg.keys).map(|k| format!("h{k}")).collect(),
+        ..work.clone()
+    };
+    let mut handle_tasks = JoinSet::new();
+    for i in 0..cfg.handle_clients {
+        handle_tasks.spawn(workload::run_handle_client(task(
+            HANDLE_CLIENT_IDS + i,
+            &handle_work,
+        )?));
     }
     let nemesis = nemesis::run_with_db(
         &mut cluster,
@@ -458,6 +512,19 @@ pub async fn run(cfg: Config) -> Result<Report> {
         }
     }
 
+    let mut handles = HandleStats::default();
+    while let Some(done) = handle_tasks.join_next().await {
+        let log = done.context("LeaseHandle client task")?;
+        handles.grants += log.grants;
+        handles.lost += log.lost;
+        handles.expired += log.expired;
+        handles.released += log.released;
+        handles.release_retries += log.release_retries;
+        handles.acts += log.acts.len();
+        stalls += log.stalls;
+        acts.extend(log.acts);
+    }
+
     if let Some(pg) = pg.as_mut()
         && !pg.is_running()
     {
@@ -475,6 +542,7 @@ pub async fn run(cfg: Config) -> Result<Report> {
         finals,
         acts,
         stalls,
+        handles,
         errors,
         faults: nemesis.events,
         max_restart: nemesis.max_restart,

@@ -26,6 +26,23 @@ pub struct Workload {
     pub stall_probability: f64,
 }
 
+/// One client task: who it is, its connections (one per replica) and its schedule.
+#[derive(Debug, Clone)]
+pub struct ClientTask {
+    /// Client id.
+    pub id: u32,
+    /// One client per replica; each call goes to a random one.
+    pub replicas: Vec<Client>,
+    /// What it does.
+    pub work: Workload,
+    /// The history's origin.
+    pub origin: Instant,
+    /// When it stops.
+    pub until: Instant,
+    /// The run's seed.
+    pub seed: u64,
+}
+
 /// Everything one client did.
 #[derive(Debug, Default)]
 pub struct ClientLog {
@@ -82,14 +99,15 @@ pub fn client_seed(seed: u64, id: u32) -> u64 {
 /// acquiring again under the same identity while it may still land would get the same grant
 /// back (acquire by the holder renews it), and the late release would then end that grant
 /// inside its acknowledged window (docs/safety.md, "The long tier").
-pub async fn run_client(
-    id: u32,
-    replicas: Vec<Client>,
-    work: Workload,
-    origin: Instant,
-    until: Instant,
-    seed: u64,
-) -> ClientLog {
+pub async fn run_client(task: ClientTask) -> ClientLog {
+    let ClientTask {
+        id,
+        replicas,
+        work,
+        origin,
+        until,
+        seed,
+    } = task;
     let mut rng = StdRng::seed_from_u64(client_seed(seed, id));
     let holder = format!("client-{id}");
     let ns = work.namespace.as_str();
@@ -275,4 +293,127 @@ async fn act(
         });
         tokio::time::sleep(slice).await;
     }
+}
+
+/// What one [`run_handle_client`] did.
+#[derive(Debug, Default)]
+pub struct HandleLog {
+    /// Its acts.
+    pub acts: Vec<Act>,
+    /// Grants it held a [`berth_client::LeaseHandle`] for.
+    pub grants: u32,
+    /// Holds that ended because the renew task reported the lease lost.
+    pub lost: u32,
+    /// Holds that ended because `safe_until` passed without a successful renewal.
+    pub expired: u32,
+    /// Releases answered.
+    pub released: u32,
+    /// Releases sent again after getting no answer.
+    pub release_retries: u32,
+    /// How often it stalled past the TTL.
+    pub stalls: u32,
+}
+
+/// Runs a client that holds leases the way an application does, through the client library:
+/// [`berth_client::LeaseBuilder::acquire`], then [`berth_client::LeaseHandle::keep_alive`]
+/// renews in the background while the client works in slices, each started only while the
+/// claim is held and before its `safe_until`, and cut to end by it. After 1–4 s of work (or
+/// when the claim is lost or expires) it releases; an unanswered release is sent again until
+/// answered before it acquires anything. Acts are recorded for [`crate::acting::check`]; the
+/// library's calls are not in the history, so these clients use their own keys.
+pub async fn run_handle_client(task: ClientTask) -> HandleLog {
+    let ClientTask {
+        id,
+        replicas,
+        work,
+        origin,
+        until,
+        seed,
+    } = task;
+    use berth_client::{AcquireOutcome, ClaimState};
+
+    let mut rng = StdRng::seed_from_u64(client_seed(seed, id));
+    let holder = format!("handle-{id}");
+    let ns = work.namespace.as_str();
+    let mut log = HandleLog::default();
+    if replicas.is_empty() || work.keys.is_empty() {
+        return log;
+    }
+    while Instant::now() < until {
+        let key = work.keys[rng.random_range(0..work.keys.len())].clone();
+        let c = &replicas[rng.random_range(0..replicas.len())];
+        let mut handle = match c.lease(ns, &key, &holder, work.ttl).acquire().await {
+            Ok(AcquireOutcome::Held(h)) => h,
+            Ok(AcquireOutcome::Denied(_)) | Err(_) => {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
+                continue;
+            }
+        };
+        log.grants += 1;
+        let claims = handle.keep_alive();
+        let token = handle.claim().token;
+        let end = origin.elapsed() + Duration::from_millis(rng.random_range(1000..4000));
+        let mut stalled = false;
+        loop {
+            let now = origin.elapsed();
+            if now >= end {
+                break;
+            }
+            if !stalled && rng.random_bool(work.stall_probability.clamp(0.0, 1.0) / 10.0) {
+                stalled = true;
+                log.stalls += 1;
+                let pause = work.ttl + Duration::from_millis(rng.random_range(200..1000));
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+            let claim = claims.borrow().clone();
+            let now = origin.elapsed();
+            let safe_until = claim
+                .safe_until
+                .into_std()
+                .saturating_duration_since(origin);
+            match claim.state {
+                ClaimState::Held if now < safe_until => {}
+                ClaimState::Lost => {
+                    log.lost += 1;
+                    break;
+                }
+                _ => {
+                    log.expired += 1;
+                    break;
+                }
+            }
+            let slice = Duration::from_millis(rng.random_range(20..120))
+                .min(end.saturating_sub(now))
+                .min(safe_until - now);
+            log.acts.push(Act {
+                client: id,
+                key: format!("{ns}/{key}"),
+                token: claim.token,
+                start: now,
+                end: now + slice,
+            });
+            tokio::time::sleep(slice).await;
+        }
+        // Hand the key back; a release without an answer may still land, so it is sent again
+        // (to any replica) until one is answered.
+        let mut answered = matches!(
+            handle.release().await,
+            Ok(()) | Err(ClientError::Conflict { .. })
+        );
+        while !answered {
+            log.release_retries += 1;
+            let c = &replicas[rng.random_range(0..replicas.len())];
+            answered = match c.release(ns, &key, &holder, token).await {
+                Ok(()) | Err(ClientError::Conflict { .. }) => true,
+                Err(_) => false,
+            };
+            if !answered {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
+            }
+        }
+        log.released += 1;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
+    }
+    log
 }

@@ -19,7 +19,7 @@ use berth_apiserver::{AppState, router};
 use berth_chaos::history::{self, History};
 use berth_chaos::linear;
 use berth_chaos::pki::Pki;
-use berth_chaos::workload::{Workload, run_client};
+use berth_chaos::workload::{ClientTask, Workload, run_client};
 use berth_core::store::{
     DynLeaseStore, Expect, LeaseRecord, LeaseStore, ListParams, StoreError, Version, Versioned,
 };
@@ -121,7 +121,14 @@ async fn run(store: DynLeaseStore, seed: u64) -> Run {
                 stall_probability: 0.0,
             };
             let client = pki.client(&base, Duration::from_secs(5)).expect("client");
-            tokio::spawn(run_client(id, vec![client], work, origin, until, seed))
+            tokio::spawn(run_client(ClientTask {
+                id,
+                replicas: vec![client],
+                work,
+                origin,
+                until,
+                seed,
+            }))
         })
         .collect();
     let mut history = History::new();

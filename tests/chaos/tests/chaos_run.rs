@@ -69,6 +69,11 @@ async fn run_and_check(cfg: Config) {
     assert!(counts[0] > 10, "{name}: too few grants to mean anything");
     assert!(report.faults.len() >= 2, "{name}: too few faults");
     assert!(!report.acts.is_empty(), "{name}: no client ever acted");
+    assert!(
+        report.handles.grants > 0 && report.handles.acts > 0,
+        "{name}: the LeaseHandle clients never held a lease: {:?}",
+        report.handles
+    );
     let forged = report
         .forged_overlap()
         .unwrap_or_else(|| panic!("{name}: the forged overlapping grant was not reported"));

@@ -31,7 +31,11 @@ struct Args {
     /// Number of clients.
     #[arg(long, default_value_t = 8)]
     clients: u32,
-    /// Number of keys.
+    /// Number of clients that hold leases through the client library's `LeaseHandle`
+    /// (background renewals, `safe_until`), on keys of their own.
+    #[arg(long, default_value_t = 2)]
+    handle_clients: u32,
+    /// Number of keys (for each kind of client).
     #[arg(long, default_value_t = 3)]
     keys: usize,
     /// Lease TTL (whole seconds).
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
         cfg.replicas = n;
     }
     cfg.clients = args.clients;
+    cfg.handle_clients = args.handle_clients;
     cfg.keys = args.keys;
     cfg.ttl = args.ttl;
     cfg.duration = args.duration;
