@@ -3,7 +3,7 @@
 use std::{os::unix::process::ExitStatusExt, process::ExitStatus, time::Duration};
 
 use anyhow::Context;
-use berth_client::{AcquireOutcome, ClaimState, Client, LeaseHandle};
+use berth_client::{AcquireOutcome, ClaimState, Client, ClientError, LeaseHandle};
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::{
     process::{Child, Command},
@@ -120,7 +120,7 @@ pub(crate) async fn run(client: &Client, args: RunArgs) -> anyhow::Result<u8> {
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            release(handle, &lease).await;
+            release(client, handle, &lease, ttl).await;
             return Err(anyhow::Error::new(e)
                 .context(format!("failed to start {}", program.to_string_lossy())));
         }
@@ -189,7 +189,7 @@ pub(crate) async fn run(client: &Client, args: RunArgs) -> anyhow::Result<u8> {
         }
     };
 
-    release(handle, &lease).await;
+    release(client, handle, &lease, ttl).await;
     match stop {
         Some(Stop::Lost) => Err(Failure::LeaseLost(format!(
             "lease {lease} was lost (renew refused); the command was stopped"
@@ -230,14 +230,44 @@ fn kill(child: &mut Child) {
 }
 
 /// Releases the lease, warning (not failing) when that is not possible: the TTL covers it.
-async fn release(handle: LeaseHandle, lease: &LeaseRef) {
-    match timeout(RELEASE_TIMEOUT, handle.release()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!(
-            "berth: warning: failed to release lease {lease}: {:#}",
-            anyhow::Error::new(e)
-        ),
-        Err(_) => eprintln!("berth: warning: releasing lease {lease} timed out"),
+///
+/// A release that got no answer may still reach the server later. If this holder then ran
+/// again at once and acquired the lease while the old grant was live, it would get that same
+/// grant back (acquire by the holder renews it), and the late release would end it under the
+/// new run. So an unanswered release is sent again until it is answered or until the grant has
+/// surely expired on the server (one TTL after the first attempt: renewals have stopped), after
+/// which a new acquire gets a new token that the old release no longer matches.
+async fn release(client: &Client, handle: LeaseHandle, lease: &LeaseRef, ttl: Duration) {
+    let (holder, token) = (handle.holder().to_owned(), handle.claim().token);
+    let horizon = Instant::now() + ttl;
+    let first = match timeout(RELEASE_TIMEOUT, handle.release()).await {
+        Ok(Ok(()) | Err(ClientError::Conflict { .. })) => return,
+        Ok(Err(e)) => format!("{:#}", anyhow::Error::new(e)),
+        Err(_) => "timed out".to_owned(),
+    };
+    eprintln!(
+        "berth: warning: failed to release lease {lease}: {first}; retrying until answered or \
+         until the grant has expired (at most {})",
+        humantime::format_duration(ttl)
+    );
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let left = horizon.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            eprintln!(
+                "berth: warning: lease {lease} was not released; it has expired on its own by now"
+            );
+            return;
+        }
+        tokio::time::sleep(backoff.min(left)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+        let attempt = client.release(&lease.namespace, &lease.name, &holder, token);
+        if let Ok(Ok(()) | Err(ClientError::Conflict { .. })) =
+            timeout(RELEASE_TIMEOUT.min(left), attempt).await
+        {
+            eprintln!("berth: released lease {lease}");
+            return;
+        }
     }
 }
 

@@ -724,6 +724,11 @@ fn run_stops_the_command_when_the_server_goes_away() {
         ),
         "{err}"
     );
+    assert!(
+        err.contains("retrying until answered or until the grant has expired (at most 3s)")
+            && err.contains("lease ops/singleton was not released; it has expired on its own"),
+        "the unanswered release is sent again until the grant expired: {err}"
+    );
 
     let text = std::fs::read_to_string(&beats).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -752,6 +757,50 @@ fn run_stops_the_command_when_the_server_goes_away() {
         last_beat.saturating_sub(killed_at) / 1_000_000,
         ttl.as_millis()
     );
+}
+
+#[test]
+fn run_sends_an_unanswered_release_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let mut server = Server::dev_on(d, port);
+    let started = d.join("started");
+    let script = format!("touch {}; sleep 2", started.display());
+    let mut child = dev_berth(d)
+        .args([
+            "run",
+            "--lease",
+            "ops/retry",
+            "--holder",
+            "east",
+            "--ttl",
+            "8s",
+            "--kill-grace",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&started);
+    // The server is gone when the command ends and the release is sent, and back 1.5 s later.
+    server.kill();
+    sleep(Duration::from_millis(3500));
+    let _server = Server::dev_on(d, port);
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert!(
+        err.contains("berth: warning: failed to release lease ops/retry")
+            && err.contains("retrying until answered or until the grant has expired (at most 8s)"),
+        "{err}"
+    );
+    assert!(err.ends_with("berth: released lease ops/retry\n"), "{err}");
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
