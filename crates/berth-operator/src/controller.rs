@@ -912,14 +912,28 @@ async fn stop_and_confirm(ctx: &Context, ns: &str, h: &Holding) -> Result<()> {
     }
 }
 
+/// Releases the grant. A release without an answer may still land later, and a late release
+/// would end the grant this holder gets back if it acquires again while the old one is live
+/// (after a restart, acquire by the same holder renews it): so a retryable failure is retried
+/// (200 ms doubling to 2 s) until answered or until one TTL has passed, by when the old grant
+/// has expired and a new acquire would get a new token.
 async fn release(ctx: &Context, h: &Holding) -> Result<()> {
-    match ctx
-        .berth
-        .release(&h.namespace, &h.lease_name, &h.holder, h.token)
-        .await
-    {
-        Ok(()) | Err(ClientError::Conflict { .. }) => Ok(()),
-        Err(e) => Err(e.into()),
+    let horizon = Instant::now() + h.plan.timing.ttl;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match ctx
+            .berth
+            .release(&h.namespace, &h.lease_name, &h.holder, h.token)
+            .await
+        {
+            Ok(()) | Err(ClientError::Conflict { .. }) => return Ok(()),
+            Err(e) if e.is_retryable() && Instant::now() + backoff < horizon => {
+                tracing::warn!(error = %e, lease = %h.lease_name, "release failed; sending it again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
