@@ -59,7 +59,7 @@ async fn wait_event(resp: &mut reqwest::Response, kinds: &[WatchEventType]) -> a
 }
 
 async fn one(
-    base: String,
+    (base, standby_base): (String, String),
     ca: std::path::PathBuf,
     i: usize,
     standby: Standby,
@@ -85,11 +85,13 @@ async fn one(
         + Duration::from_millis(u64::try_from(held.ttl_remaining_millis).unwrap_or(0));
     anyhow::ensure!(held.acquired, "primary must hold the lease");
     let acquire = serde_json::json!({"holder": "standby", "ttlSeconds": ttl_secs});
+    // The standby may talk to another replica than the holder.
+    let lease_b = lease.replacen(&base, &standby_base, 1);
     // The standby starts at a random phase of its poll interval.
     let mut watch = match standby {
         Standby::Watch => {
             let mut r = standby_c
-                .get(format!("{lease}?watch=true"))
+                .get(format!("{lease_b}?watch=true"))
                 .timeout(Duration::from_secs(120))
                 .send()
                 .await?
@@ -129,7 +131,7 @@ async fn one(
             (Some(r), Standby::Watch) => {
                 wait_event(r, &[WatchEventType::Released, WatchEventType::Expired]).await?;
                 let resp: berth_api::LeaseResponse =
-                    post(&standby_c, format!("{lease}/acquire"), acquire.clone())
+                    post(&standby_c, format!("{lease_b}/acquire"), acquire.clone())
                         .await?
                         .json()
                         .await?;
@@ -139,7 +141,7 @@ async fn one(
             }
             (_, Standby::Poll(every)) => {
                 let resp: berth_api::LeaseResponse =
-                    post(&standby_c, format!("{lease}/acquire"), acquire.clone())
+                    post(&standby_c, format!("{lease_b}/acquire"), acquire.clone())
                         .await?
                         .json()
                         .await?;
@@ -164,17 +166,16 @@ fn rand_u16() -> u16 {
     v
 }
 
-pub(crate) async fn run(runs: usize, poll: Duration, ttl_secs: u64) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let files = dev::prepare(tmp.path())?;
-    let tls = TlsFiles {
-        cert: files.tls_cert.clone(),
-        key: files.tls_key.clone(),
-    };
-    let (_stop, stop_rx) = watch::channel(false);
+/// Serves `store` over HTTPS on a free port until `stop` flips; returns the base URL.
+async fn serve(
+    store: Arc<dyn berth_core::LeaseStore>,
+    clock: Arc<dyn berth_core::Clock>,
+    tls: &TlsFiles,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<String> {
     let state = AppState::new(
-        Arc::new(MemStore::new()),
-        Arc::new(SystemClock::new()),
+        store,
+        clock,
         TtlBounds::default(),
         Authenticator::None,
         Arc::new(Metrics::new()),
@@ -185,10 +186,90 @@ pub(crate) async fn run(runs: usize, poll: Duration, ttl_secs: u64) -> anyhow::R
         l,
         router(state),
         tls.load()?,
-        wait_shutdown(stop_rx),
+        wait_shutdown(stop),
         Duration::from_secs(1),
     ));
-    println!("## Failover: holder lets go → standby holds (mem store, ttl {ttl_secs}s)\n");
+    Ok(base)
+}
+
+pub(crate) async fn run(
+    runs: usize,
+    poll: Duration,
+    ttl_secs: u64,
+    postgres: Option<&str>,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let files = dev::prepare(tmp.path())?;
+    let tls = TlsFiles {
+        cert: files.tls_cert.clone(),
+        key: files.tls_key.clone(),
+    };
+    let (_stop, stop_rx) = watch::channel(false);
+    let base = serve(
+        Arc::new(MemStore::new()),
+        Arc::new(SystemClock::new()),
+        &tls,
+        stop_rx.clone(),
+    )
+    .await?;
+    let setup = Setup {
+        ca: files.ca_cert.clone(),
+        runs,
+        poll,
+        ttl_secs,
+    };
+    table(
+        &format!("mem store, ttl {ttl_secs}s"),
+        (base.clone(), base),
+        &setup,
+    )
+    .await;
+    if let Some(dsn) = postgres {
+        // Two replicas on one PostgreSQL database: the holder talks to A, the standby to B,
+        // which learns of A's release from PostgreSQL's NOTIFY (or from its own poll).
+        let mut bases = Vec::new();
+        let mut stores = Vec::new();
+        for _ in 0..2 {
+            let mut cfg = berth_store_sql::SqlStoreConfig::new(
+                berth_store_sql::SqlDriver::Postgres,
+                dsn,
+                berth_store_sql::Migrate::Auto,
+            );
+            cfg.max_connections = 8;
+            let st = berth_store_sql::SqlStore::connect(cfg).await?;
+            bases.push(
+                serve(
+                    Arc::new(st.clone()),
+                    Arc::new(st.clock()),
+                    &tls,
+                    stop_rx.clone(),
+                )
+                .await?,
+            );
+            stores.push(st);
+        }
+        table(
+            &format!("two replicas on PostgreSQL, holder on A, standby on B, ttl {ttl_secs}s"),
+            (bases[0].clone(), bases[1].clone()),
+            &setup,
+        )
+        .await;
+        for st in stores {
+            st.close().await;
+        }
+    }
+    Ok(())
+}
+
+struct Setup {
+    ca: std::path::PathBuf,
+    runs: usize,
+    poll: Duration,
+    ttl_secs: u64,
+}
+
+async fn table(title: &str, bases: (String, String), setup: &Setup) {
+    println!("## Failover: holder lets go → standby holds ({title})\n");
     println!(
         "{}",
         row(&[
@@ -202,17 +283,17 @@ pub(crate) async fn run(runs: usize, poll: Duration, ttl_secs: u64) -> anyhow::R
     );
     println!("|---|---|---|---|---|---|");
     for let_go in [LetGo::Release, LetGo::Kill] {
-        for standby in [Standby::Watch, Standby::Poll(poll)] {
+        for standby in [Standby::Watch, Standby::Poll(setup.poll)] {
             let mut s = Samples::default();
-            let futs: Vec<_> = (0..runs)
+            let futs: Vec<_> = (0..setup.runs)
                 .map(|i| {
                     one(
-                        base.clone(),
-                        files.ca_cert.clone(),
+                        bases.clone(),
+                        setup.ca.clone(),
                         i,
                         standby,
                         let_go,
-                        ttl_secs,
+                        setup.ttl_secs,
                     )
                 })
                 .collect();
@@ -250,7 +331,6 @@ pub(crate) async fn run(runs: usize, poll: Duration, ttl_secs: u64) -> anyhow::R
         }
     }
     println!();
-    Ok(())
 }
 
 async fn futures_join<F: std::future::Future + Send + 'static>(futs: Vec<F>) -> Vec<F::Output>

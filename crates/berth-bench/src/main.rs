@@ -79,6 +79,10 @@ enum Bench {
         /// TTL of the grants, in seconds.
         #[arg(long, default_value_t = 2)]
         ttl: u64,
+        /// Also measure two API server replicas on this PostgreSQL database (holder on one,
+        /// standby on the other) [default: BERTH_TEST_POSTGRES_DSN if set].
+        #[arg(long, env = "BERTH_TEST_POSTGRES_DSN")]
+        postgres_dsn: Option<String>,
     },
     /// RSS of berth-apiserver --dev with many live leases.
     Memory {
@@ -136,7 +140,12 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Bench::Failover { runs, poll, ttl } => failover::run(runs, poll, ttl).await,
+        Bench::Failover {
+            runs,
+            poll,
+            ttl,
+            postgres_dsn,
+        } => failover::run(runs, poll, ttl, postgres_dsn.as_deref()).await,
         Bench::Sqlite { batches } => sql::run_sqlite(&batches, args.duration).await,
         Bench::Memory {
             leases,

@@ -38,9 +38,28 @@ pub(crate) fn embedded(driver: SqlDriver) -> &'static [Migration] {
     }
 }
 
-/// The statements of a migration file: split at `;`, comment-only chunks dropped.
+/// The statements of a migration file: split at `;` outside `$$`-quoted bodies (PostgreSQL
+/// functions), comment-only chunks dropped.
 fn statements(sql: &'static str) -> impl Iterator<Item = &'static str> {
-    sql.split(';').map(str::trim).filter(|s| {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"$$") {
+            quoted = !quoted;
+            i += 2;
+            continue;
+        }
+        if bytes[i] == b';' && !quoted {
+            chunks.push(&sql[start..i]);
+            start = i + 1;
+        }
+        i += 1;
+    }
+    chunks.push(&sql[start..]);
+    chunks.into_iter().map(str::trim).filter(|s| {
         s.lines()
             .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
     })
@@ -465,6 +484,28 @@ mod tests {
             );
             assert_eq!(statements(ms[0].sql).count(), 1, "{d}");
             assert_eq!(ms.get(1).map(|m| m.description), Some("adopt legacy table"));
+        }
+    }
+
+    #[test]
+    fn statements_split_outside_dollar_quoted_bodies() {
+        let sql = "-- a comment;\nCREATE TABLE t (a INT);\nCREATE FUNCTION f() RETURNS trigger \
+                   LANGUAGE plpgsql AS $$\nBEGIN\n  PERFORM 1;\n  RETURN NULL;\nEND\n$$;\n\
+                   DROP TRIGGER IF EXISTS x ON t;\n-- only a comment\n";
+        let got: Vec<&str> = statements(sql).collect();
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(got[0].ends_with("CREATE TABLE t (a INT)"), "{}", got[0]);
+        assert!(
+            got[1].contains("PERFORM 1;\n  RETURN NULL;\nEND\n$$"),
+            "{}",
+            got[1]
+        );
+        assert_eq!(got[2], "DROP TRIGGER IF EXISTS x ON t");
+        // Every embedded migration splits into statements that each carry some SQL.
+        for d in [SqlDriver::Postgres, SqlDriver::Mysql, SqlDriver::Sqlite] {
+            for m in embedded(d) {
+                assert!(statements(m.sql).count() > 0, "{d} {}", m.version);
+            }
         }
     }
 

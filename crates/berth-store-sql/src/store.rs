@@ -21,7 +21,7 @@ use crate::clock::DbClock;
 use crate::config::{
     Migrate, SqlDriver, SqlStoreConfig, mysql_options, postgres_options, sqlite_options,
 };
-use crate::error::{SqlError, TimedOut, store_error};
+use crate::error::{SqlError, TimedOut, render, store_error};
 use crate::migrate;
 
 /// Ended grants kept per key in `berth_lease_history` (by fencing token: the rows of the last
@@ -133,8 +133,53 @@ struct Inner {
     driver: SqlDriver,
     timeout: Duration,
     dsn: String,
-    // Keys this process wrote, for watchers (see `LeaseStore::change_feed`).
+    // Keys this process wrote, and on PostgreSQL the keys of transitions any replica wrote,
+    // for watchers (see `LeaseStore::change_feed`).
     changes: tokio::sync::broadcast::Sender<LeaseKey>,
+    // PostgreSQL: the task that turns NOTIFYs into `changes`.
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = &self.listener {
+            task.abort();
+        }
+    }
+}
+
+/// PostgreSQL channel of lease transitions (migration 0004: grants, takeovers and releases of
+/// any replica; not renewals).
+const PG_CHANNEL: &str = "berth_leases";
+
+/// Feeds `changes` with the keys on [`PG_CHANNEL`], over a connection of its own (`pool`
+/// holds one). `PgListener` reconnects by itself after a lost connection; notifications sent
+/// meanwhile are lost, which the watchers' polling covers.
+async fn listen_postgres(pool: PgPool, changes: tokio::sync::broadcast::Sender<LeaseKey>) {
+    loop {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(PG_CHANNEL).await?;
+            tracing::debug!(channel = PG_CHANNEL, "listening for lease transitions");
+            loop {
+                let n = listener.recv().await?;
+                match n
+                    .payload()
+                    .split_once('/')
+                    .and_then(|(ns, name)| LeaseKey::new(ns, name).ok())
+                {
+                    Some(key) => {
+                        // No receiver is not an error: nobody watches.
+                        let _ = changes.send(key);
+                    }
+                    None => tracing::debug!(payload = n.payload(), "ignored a notification"),
+                }
+            }
+        };
+        let Err::<std::convert::Infallible, sqlx::Error>(e) = listening.await;
+        tracing::warn!(error = %render(&e), "lease notifications interrupted; polling covers the gap");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// A [`LeaseStore`] on a SQL database. Cheap to clone; clones share one connection pool.
@@ -181,6 +226,7 @@ impl SqlStore {
             driver: d,
             message: what,
         };
+        let mut listener = None;
         let pool = match d {
             SqlDriver::Postgres => {
                 let ms = cfg.statement_timeout.as_millis().to_string();
@@ -205,9 +251,14 @@ impl SqlStore {
                     .test_before_acquire(false)
                     .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
                     .acquire_timeout(timeout)
-                    .connect_with(opts)
+                    .connect_with(opts.clone())
                     .await
                     .map_err(|e| SqlError::from_sqlx(d, "failed to open the pool", &e, secret))?;
+                listener = Some(
+                    PgPoolOptions::new()
+                        .max_connections(1)
+                        .connect_lazy_with(opts),
+                );
                 Pool::Postgres(pool)
             }
             SqlDriver::Mysql => {
@@ -300,13 +351,16 @@ impl SqlStore {
             }
         };
         tracing::info!(driver = %d, dsn = %cfg.redacted_dsn(), "sql store ready");
+        let changes = tokio::sync::broadcast::channel(4096).0;
+        let listener = listener.map(|p| tokio::spawn(listen_postgres(p, changes.clone())));
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 driver: d,
                 timeout: cfg.statement_timeout,
                 dsn: cfg.redacted_dsn(),
-                changes: tokio::sync::broadcast::channel(4096).0,
+                changes,
+                listener,
             }),
         })
     }
@@ -330,6 +384,9 @@ impl SqlStore {
 
     /// Closes every pooled connection; later calls fail with `Unavailable`.
     pub async fn close(&self) {
+        if let Some(task) = &self.inner.listener {
+            task.abort();
+        }
         match &self.inner.pool {
             Pool::Postgres(p) => p.close().await,
             Pool::Mysql(p) => p.close().await,
@@ -1263,8 +1320,10 @@ impl LeaseStore for SqlStore {
         r
     }
 
-    /// This process's writes. Complete for SQLite (one replica owns the file); partial for
-    /// PostgreSQL and MariaDB, whose other replicas' writes watchers find by polling.
+    /// This process's writes; on PostgreSQL also every replica's grants, takeovers and releases
+    /// (`NOTIFY`, migration 0004). Complete for SQLite (one replica owns the file); partial for
+    /// PostgreSQL (renewals of other replicas, notifications lost while reconnecting) and
+    /// MariaDB (other replicas' writes), which watchers complete by polling.
     fn change_feed(&self) -> Option<berth_core::ChangeFeed> {
         Some(berth_core::ChangeFeed {
             keys: self.inner.changes.subscribe(),

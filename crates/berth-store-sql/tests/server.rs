@@ -859,3 +859,62 @@ async fn mysql_cancelled_calls_leave_no_transaction_open() {
         cancelled_calls_leave_no_transaction_open(db).await;
     }
 }
+
+/// A replica hears of another replica's grants and releases through PostgreSQL's NOTIFY (its
+/// change feed would otherwise carry only its own writes), and not of renewals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_change_feed_hears_other_replicas_transitions() {
+    let Some(db) = TestDb::postgres("postgres_change_feed").await else {
+        return;
+    };
+    let (a, b) = (db.store().await, db.store().await);
+    let mut feed = b.change_feed().expect("feed").keys;
+    // The listener connects in the background; write until it hears the first grant.
+    let ns = unique_namespace("feed");
+    let ttl = Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    let heard = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no notification reached the other replica"
+        );
+        let k = LeaseKey::new(ns.clone(), format!("k{n}")).expect("key");
+        n += 1;
+        a.put(&mk_record(&k, "h", 1, ttl), Expect::Absent)
+            .await
+            .expect("grant");
+        if let Ok(Ok(got)) = tokio::time::timeout(Duration::from_millis(500), feed.recv()).await {
+            assert_eq!(got, k, "the notification names the key written");
+            break k;
+        }
+    };
+    let current = a.get(&heard).await.expect("get").expect("present");
+    // A renewal: same holder and token. Nothing is sent.
+    let mut renewed = current.value.clone();
+    renewed.renewed_at += time::Duration::seconds(1);
+    let v = a
+        .put(&renewed, Expect::Version(current.version))
+        .await
+        .expect("renewal");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), feed.recv())
+            .await
+            .is_err(),
+        "a renewal is not announced"
+    );
+    // A release (holder cleared): announced.
+    let released = berth_core::LeaseRecord {
+        holder: None,
+        ttl: Duration::ZERO,
+        ..renewed
+    };
+    a.put(&released, Expect::Version(v)).await.expect("release");
+    let got = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+        .await
+        .expect("the release is announced")
+        .expect("feed open");
+    assert_eq!(got, heard);
+    a.close().await;
+    b.close().await;
+}
