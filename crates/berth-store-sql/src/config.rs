@@ -220,8 +220,19 @@ fn go_dsn_parts(dsn: &str) -> Option<(&str, &str)> {
     Some((&dsn[..at], &dsn[at + 1..]))
 }
 
+/// Whether `dsn` is in URL form: one of the schemes Berth accepts, then `://`. Anything else
+/// with credentials is read as the Go MySQL form (`user:pass@tcp(host)/db`), whose password may
+/// itself hold `://` or start with `//`; its user may even be `sqlite` or `postgres`.
 fn is_url(dsn: &str) -> bool {
-    dsn.contains("://")
+    [
+        "postgres://",
+        "postgresql://",
+        "mysql://",
+        "mariadb://",
+        "sqlite://",
+    ]
+    .iter()
+    .any(|scheme| dsn.starts_with(scheme))
 }
 
 /// The password of a URL or Go-form DSN, percent-decoded where it came from a URL.
@@ -287,15 +298,6 @@ pub fn redact_dsn(dsn: &str) -> String {
         let Ok(mut url) = url::Url::parse(dsn) else {
             return "<redacted>".into();
         };
-        // Text with an unknown scheme may be a Go-form DSN whose password holds `//`
-        // (`user://pass@tcp(host)/db`): the URL reading would take the password for the host.
-        let known = matches!(
-            url.scheme(),
-            "postgres" | "postgresql" | "mysql" | "mariadb" | "sqlite"
-        );
-        if !known && dsn.contains('@') {
-            return "<redacted>".into();
-        }
         if url.password().is_some() && url.set_password(Some("***")).is_err() {
             return "<redacted>".into();
         }
@@ -519,7 +521,12 @@ mod tests {
     fn a_go_form_password_that_looks_like_a_url_is_redacted() {
         // Found by the sql_dsn fuzz target: user `m`, password `//*.`.
         let dsn = "m://*.@tcp(db)/berth?parseTime=true";
-        assert_eq!(redact_dsn(dsn), "<redacted>");
+        assert_eq!(redact_dsn(dsn), "m:***@tcp(db)/berth?parseTime=true");
+        // Found by the sql_dsn fuzz target: user `sqlite`, password `rs:///?`; the text starts
+        // like a SQLite DSN and holds `://`.
+        let dsn = "sqlite:rs:///?@tcp(db)/berth?parseTime=true&";
+        assert_eq!(redact_dsn(dsn), "sqlite:***@tcp(db)/berth?parseTime=true&");
+        assert_eq!(dsn_password(dsn).as_deref(), Some("rs:///?"));
         assert_eq!(
             redact_dsn("postgres://berth@db/berth"),
             "postgres://berth@db/berth"
