@@ -320,7 +320,11 @@ impl LeaseHandle {
     /// # Errors
     ///
     /// Any [`ClientError`] of [`Client::release`]; [`ClientError::Conflict`] means someone else
-    /// holds the lease now.
+    /// holds the lease now. Any other error leaves the outcome unknown: the release may still
+    /// reach the server later. Before acquiring the same lease again under the same holder,
+    /// send it again with [`Client::release`] (holder and [`Claim::token`]) until it is
+    /// answered, or wait one TTL: an acquire by the holder of a live grant gets that same grant
+    /// back, and a late release would then end it while the new owner counts on it.
     pub async fn release(mut self) -> Result<(), ClientError> {
         self.stop_task().await;
         let claim = self.claim();
