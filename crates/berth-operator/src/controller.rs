@@ -912,27 +912,44 @@ async fn stop_and_confirm(ctx: &Context, ns: &str, h: &Holding) -> Result<()> {
     }
 }
 
-/// Releases the grant. A release without an answer may still land later, and a late release
+async fn release(ctx: &Context, h: &Holding) -> Result<()> {
+    release_until_answered(
+        &ctx.berth,
+        &h.namespace,
+        &h.lease_name,
+        &h.holder,
+        h.token,
+        h.plan.timing.ttl,
+    )
+    .await
+    .map_err(Into::into)
+}
+
+/// Releases a grant. A release without an answer may still land later, and a late release
 /// would end the grant this holder gets back if it acquires again while the old one is live
 /// (after a restart, acquire by the same holder renews it): so a retryable failure is retried
-/// (200 ms doubling to 2 s) until answered or until one TTL has passed, by when the old grant
-/// has expired and a new acquire would get a new token.
-async fn release(ctx: &Context, h: &Holding) -> Result<()> {
-    let horizon = Instant::now() + h.plan.timing.ttl;
+/// (200 ms doubling to 2 s) until answered or until `ttl` has passed, by when the old grant
+/// has expired and a new acquire would get a new token. A conflict (someone else holds the
+/// lease) counts as done.
+async fn release_until_answered(
+    berth: &berth_client::Client,
+    namespace: &str,
+    lease: &str,
+    holder: &str,
+    token: i64,
+    ttl: Duration,
+) -> std::result::Result<(), ClientError> {
+    let horizon = Instant::now() + ttl;
     let mut backoff = Duration::from_millis(200);
     loop {
-        match ctx
-            .berth
-            .release(&h.namespace, &h.lease_name, &h.holder, h.token)
-            .await
-        {
+        match berth.release(namespace, lease, holder, token).await {
             Ok(()) | Err(ClientError::Conflict { .. }) => return Ok(()),
             Err(e) if e.is_retryable() && Instant::now() + backoff < horizon => {
-                tracing::warn!(error = %e, lease = %h.lease_name, "release failed; sending it again");
+                tracing::warn!(error = %e, lease, "release failed; sending it again");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -1039,6 +1056,58 @@ pub async fn shutdown_handover(ctx: &Context) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Berth API that answers `fails` releases with 503, then 204; counts them.
+    async fn flaky_api(
+        fails: usize,
+    ) -> (berth_client::Client, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let app = axum::Router::new().route(
+            "/v1alpha1/namespaces/{ns}/leases/{name}/release",
+            axum::routing::post(move || {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < fails {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let client = berth_client::Client::builder(format!("http://{addr}"))
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        (client, calls)
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_release_is_sent_again_until_answered() {
+        let (c, calls) = flaky_api(2).await;
+        release_until_answered(&c, "ns", "l", "east", 3, Duration::from_secs(10))
+            .await
+            .expect("answered on the third try");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn release_retries_stop_after_one_ttl() {
+        let (c, calls) = flaky_api(usize::MAX).await;
+        let e = release_until_answered(&c, "ns", "l", "east", 3, Duration::from_secs(1))
+            .await
+            .expect_err("never answered");
+        assert_eq!(e.status(), Some(503));
+        let n = calls.load(std::sync::atomic::Ordering::SeqCst);
+        // 200 + 400 ms of backoff fit in the TTL, the next 800 ms would not (2 if the machine
+        // is so slow that the second answer takes 200 ms).
+        assert!((2..=3).contains(&n), "{n} attempts");
+    }
 
     #[test]
     fn error_chain_names_the_root_cause() {
