@@ -45,6 +45,15 @@ pub trait Clock: fmt::Debug + Send + Sync + 'static {
     /// A short name for logs: `monotonic`, `manual`, `database`, ….
     fn name(&self) -> &'static str;
 
+    /// When this is the clock of a store that can read it together with a record in one call
+    /// ([`crate::LeaseStore::get_with_clock`]): that store's [`crate::LeaseStore::clock_source`].
+    /// [`crate::LeaseService`] then reads both at once and uses the reading as exact (both
+    /// ends of the interval equal), so only exact clocks may return `Some`. `None` (the
+    /// default) otherwise.
+    fn store_source(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether successive readings never go backwards.
     fn is_monotonic(&self) -> bool {
         false

@@ -222,16 +222,22 @@ pub struct LeaseService {
     clock: DynClock,
     bounds: TtlBounds,
     local_history: LocalHistory,
+    /// The clock is the store's own and the store reads it with a record in one call.
+    fused: bool,
 }
 
 impl LeaseService {
     /// A service with the default TTL bounds (1 s to 1 h).
     pub fn new(store: DynLeaseStore, clock: DynClock) -> Self {
+        let fused = store
+            .clock_source()
+            .is_some_and(|id| clock.store_source() == Some(id));
         Self {
             store,
             clock,
             bounds: TtlBounds::default(),
             local_history: LocalHistory::default(),
+            fused,
         }
     }
 
@@ -279,6 +285,12 @@ impl LeaseService {
         // Views are judged at the earliest possible time (nothing expires early); the caller
         // stamps its write with the latest (nothing stored expires early either). See
         // `Clock::read`.
+        if self.fused {
+            // The store's own clock (an exact one: both ends of the reading are the same),
+            // read by the same statement before the record.
+            let (current, now) = self.store.get_with_clock(key).await?;
+            return Ok((current.map(|v| LeaseView::new(v, now)), now));
+        }
         let reading = self.clock.read().await?;
         let current = self.store.get(key).await?;
         Ok((
@@ -828,6 +840,102 @@ mod tests {
                 }
             ),
             "{r:?}"
+        );
+    }
+
+    /// A store whose clock is its own: `get_with_clock` reads both and counts the calls.
+    #[derive(Debug)]
+    struct OwnClockStore {
+        inner: MemStore,
+        clock: ManualClock,
+        fused_reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::LeaseStore for OwnClockStore {
+        fn backend(&self) -> &'static str {
+            "own-clock"
+        }
+        async fn get(&self, key: &LeaseKey) -> Result<Option<Versioned<LeaseRecord>>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn list(&self, p: &ListParams) -> Result<Vec<Versioned<LeaseRecord>>, StoreError> {
+            self.inner.list(p).await
+        }
+        async fn put(&self, r: &LeaseRecord, e: Expect) -> Result<Version, StoreError> {
+            self.inner.put(r, e).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn clock_source(&self) -> Option<u64> {
+            Some(7)
+        }
+        async fn get_with_clock(
+            &self,
+            key: &LeaseKey,
+        ) -> Result<(Option<Versioned<LeaseRecord>>, OffsetDateTime), StoreError> {
+            self.fused_reads
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let now = crate::Clock::now(&self.clock).await?;
+            Ok((self.inner.get(key).await?, now))
+        }
+    }
+
+    /// The same manual clock, claiming to be the clock of store `id`.
+    #[derive(Debug)]
+    struct StoreClock(ManualClock, Option<u64>);
+
+    #[async_trait::async_trait]
+    impl crate::Clock for StoreClock {
+        async fn now(&self) -> Result<OffsetDateTime, StoreError> {
+            crate::Clock::now(&self.0).await
+        }
+        fn name(&self) -> &'static str {
+            "store"
+        }
+        fn store_source(&self) -> Option<u64> {
+            self.1
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_reads_its_own_clock_is_read_once_per_observation() {
+        let clock = ManualClock::new(time::macros::datetime!(2030-01-01 00:00 UTC));
+        let store = Arc::new(OwnClockStore {
+            inner: MemStore::new(),
+            clock: clock.clone(),
+            fused_reads: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let key = LeaseKey::new("ns", "a").unwrap();
+        let h = Holder::new("h").unwrap();
+        let ttl = Duration::from_secs(10);
+        // Another store's clock (or no store's): the clock and the record are read apart.
+        for other in [None, Some(8)] {
+            let svc = LeaseService::new(store.clone(), Arc::new(StoreClock(clock.clone(), other)));
+            svc.get(&key).await.unwrap();
+        }
+        assert_eq!(
+            store.fused_reads.load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+        // Its own clock: one call reads both, and the rules hold as before.
+        let svc = LeaseService::new(store.clone(), Arc::new(StoreClock(clock.clone(), Some(7))));
+        let Acquire::Granted { lease, .. } = svc.acquire(&key, &h, ttl).await.unwrap() else {
+            panic!("granted");
+        };
+        assert_eq!(lease.remaining(), ttl);
+        clock.advance(Duration::from_secs(4));
+        let view = svc.get(&key).await.unwrap().unwrap();
+        assert_eq!(view.remaining(), Duration::from_secs(6));
+        clock.advance(Duration::from_secs(6));
+        assert_eq!(
+            svc.get(&key).await.unwrap().unwrap().state(),
+            LeaseState::Expired
+        );
+        assert_eq!(
+            store.fused_reads.load(std::sync::atomic::Ordering::SeqCst),
+            3
         );
     }
 }

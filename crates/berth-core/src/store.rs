@@ -219,7 +219,9 @@ impl StoreError {
 ///   returns that version until the next successful `put`. Creates store
 ///   [`Version::INITIAL`]; later writes store `expected.next()`.
 /// - Records are never deleted; tombstones are ordinary records.
-/// - Stores never read the clock and never interpret records: they store what they are given.
+/// - Stores never interpret records: they store what they are given. They never read the
+///   clock, except [`LeaseStore::get_with_clock`], which reads the store's own clock together
+///   with a record.
 #[async_trait::async_trait]
 pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
     /// `mem`, `sql` or `k8s`: used in logs and as a metric label.
@@ -278,6 +280,30 @@ pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
             out.push(self.put(record, *expect).await);
         }
         out
+    }
+
+    /// An identifier of this store's own clock, when [`LeaseStore::get_with_clock`] is
+    /// supported: the [`crate::Clock::store_source`] of the clock it reads. `None` (the
+    /// default): not supported.
+    fn clock_source(&self) -> Option<u64> {
+        None
+    }
+
+    /// Reads one record together with a reading of the store's own clock taken no later than
+    /// the record was read, in one call (one round trip for a database). Only called when
+    /// [`LeaseStore::clock_source`] matches the service's clock.
+    ///
+    /// # Errors
+    /// As [`LeaseStore::get`]; `Backend` when not supported (the default).
+    async fn get_with_clock(
+        &self,
+        key: &LeaseKey,
+    ) -> Result<(Option<Versioned<LeaseRecord>>, OffsetDateTime), StoreError> {
+        let _ = key;
+        Err(StoreError::Backend {
+            backend: self.backend(),
+            source: "get_with_clock is not supported by this store".into(),
+        })
     }
 
     /// Notifications of the keys this store writes, for watchers. `None` (the default): the

@@ -25,6 +25,8 @@ use crate::store::{Pool, timed, with_conn};
 pub struct DbClock {
     source: Source,
     timeout: Duration,
+    /// The store's [`berth_core::LeaseStore::clock_source`].
+    store: u64,
 }
 
 #[derive(Clone)]
@@ -49,12 +51,16 @@ impl fmt::Debug for DbClock {
 }
 
 impl DbClock {
-    pub(crate) fn new(pool: Pool, timeout: Duration) -> Self {
+    pub(crate) fn new(pool: Pool, timeout: Duration, store: u64) -> Self {
         let source = match pool {
             Pool::Sqlite(_) => Source::Process(SystemClock::new()),
             other => Source::Database(other),
         };
-        Self { source, timeout }
+        Self {
+            source,
+            timeout,
+            store,
+        }
     }
 }
 
@@ -94,6 +100,12 @@ impl Clock for DbClock {
             Source::Database(_) => "database",
             Source::Process(_) => "monotonic",
         }
+    }
+
+    /// The database clock is read together with records by the store's
+    /// `get_with_clock`, one statement instead of two.
+    fn store_source(&self) -> Option<u64> {
+        matches!(self.source, Source::Database(_)).then_some(self.store)
     }
 
     fn is_monotonic(&self) -> bool {

@@ -138,7 +138,12 @@ struct Inner {
     changes: tokio::sync::broadcast::Sender<LeaseKey>,
     // PostgreSQL: the task that turns NOTIFYs into `changes`.
     listener: Option<tokio::task::JoinHandle<()>>,
+    // Identifies this store's clock (`LeaseStore::clock_source`, `Clock::store_source`).
+    id: u64,
 }
+
+/// Source of [`Inner::id`].
+static STORE_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -361,6 +366,7 @@ impl SqlStore {
                 dsn: cfg.redacted_dsn(),
                 changes,
                 listener,
+                id: STORE_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             }),
         })
     }
@@ -379,7 +385,7 @@ impl SqlStore {
     /// MariaDB/MySQL, the process monotonic clock for SQLite (see
     /// `docs/adr/0003-sql-store-time-source.md`).
     pub fn clock(&self) -> DbClock {
-        DbClock::new(self.inner.pool.clone(), self.inner.timeout)
+        DbClock::new(self.inner.pool.clone(), self.inner.timeout, self.inner.id)
     }
 
     /// Closes every pooled connection; later calls fail with `Unavailable`.
@@ -652,6 +658,28 @@ mod pg {
         row.as_ref().map(decode).transpose()
     }
 
+    /// One statement: the record (if any) and `statement_timestamp()`, the statement's start,
+    /// which precedes the snapshot the record is read from.
+    pub(super) async fn get_with_clock(
+        p: &mut PgConnection,
+        key: &LeaseKey,
+    ) -> Result<(Option<Versioned<LeaseRecord>>, OffsetDateTime), StoreError> {
+        let row = sqlx::query(
+            "SELECT l.namespace, l.name, l.holder, l.ttl_ms, l.acquired_at, l.renewed_at, \
+             l.fencing_token, l.version, statement_timestamp() \
+             FROM (SELECT 1) AS one LEFT JOIN berth_leases l ON l.namespace = $1 AND l.name = $2",
+        )
+        .bind(key.namespace())
+        .bind(key.name())
+        .fetch_one(&mut *p)
+        .await
+        .map_err(|e| store_error(SqlDriver::Postgres, e))?;
+        let now: OffsetDateTime = row.try_get(8).map_err(|e| corrupt(key.to_string(), e))?;
+        let present: Option<String> = row.try_get(0).map_err(|e| corrupt(key.to_string(), e))?;
+        let record = present.map(|_| decode(&row)).transpose()?;
+        Ok((record, truncate_micros(now.to_offset(UtcOffset::UTC))))
+    }
+
     /// Reads up to [`GET_MANY_CHUNK`] keys in one statement.
     pub(super) async fn get_chunk(
         p: &mut PgConnection,
@@ -903,6 +931,28 @@ mod my {
         .await
         .map_err(|e| store_error(SqlDriver::Mysql, e))?;
         row.as_ref().map(decode).transpose()
+    }
+
+    /// One statement: the record (if any) and `UTC_TIMESTAMP(6)`, the statement's start,
+    /// which precedes the read view the record is read from.
+    pub(super) async fn get_with_clock(
+        p: &mut MySqlConnection,
+        key: &LeaseKey,
+    ) -> Result<(Option<Versioned<LeaseRecord>>, OffsetDateTime), StoreError> {
+        let row = sqlx::query(
+            "SELECT l.namespace, l.name, l.holder, l.ttl_ms, l.acquired_at, l.renewed_at, \
+             l.fencing_token, l.version, UTC_TIMESTAMP(6) \
+             FROM (SELECT 1) AS one LEFT JOIN berth_leases l ON l.namespace = ? AND l.name = ?",
+        )
+        .bind(key.namespace())
+        .bind(key.name())
+        .fetch_one(&mut *p)
+        .await
+        .map_err(|e| store_error(SqlDriver::Mysql, e))?;
+        let now: PrimitiveDateTime = row.try_get(8).map_err(|e| corrupt(key.to_string(), e))?;
+        let present: Option<String> = row.try_get(0).map_err(|e| corrupt(key.to_string(), e))?;
+        let record = present.map(|_| decode(&row)).transpose()?;
+        Ok((record, truncate_micros(now.assume_utc())))
     }
 
     /// Reads up to [`GET_MANY_CHUNK`] keys in one statement.
@@ -1276,6 +1326,34 @@ impl LeaseStore for SqlStore {
                 Pool::Postgres(p) => with_conn!(p, self.inner.driver, |c| pg::get(c, key).await),
                 Pool::Mysql(p) => with_conn!(p, self.inner.driver, |c| my::get(c, key).await),
                 Pool::Sqlite(p) => with_conn!(p, self.inner.driver, |c| lite::get(c, key).await),
+            }
+        })
+        .await
+    }
+
+    /// PostgreSQL and MariaDB/MySQL: the database clock is the store's clock
+    /// ([`SqlStore::clock`]); SQLite's is the process clock, read apart.
+    fn clock_source(&self) -> Option<u64> {
+        (self.inner.driver != SqlDriver::Sqlite).then_some(self.inner.id)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(key = %key, driver = %self.inner.driver))]
+    async fn get_with_clock(
+        &self,
+        key: &LeaseKey,
+    ) -> Result<(Option<Versioned<LeaseRecord>>, OffsetDateTime), StoreError> {
+        self.timed("get", async {
+            match &self.inner.pool {
+                Pool::Postgres(p) => {
+                    with_conn!(p, self.inner.driver, |c| pg::get_with_clock(c, key).await)
+                }
+                Pool::Mysql(p) => {
+                    with_conn!(p, self.inner.driver, |c| my::get_with_clock(c, key).await)
+                }
+                Pool::Sqlite(_) => Err(StoreError::Backend {
+                    backend: BACKEND,
+                    source: "sqlite stores read the process clock apart".into(),
+                }),
             }
         })
         .await

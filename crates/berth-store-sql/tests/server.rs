@@ -143,6 +143,38 @@ async fn durability(db: TestDb) {
 #[allow(clippy::disallowed_methods)] // comparing the database clock with this host's clock
 async fn db_clock(db: TestDb) {
     let store = db.store().await;
+    // The store reads its clock together with a record, and a service on that clock uses it.
+    assert_eq!(
+        LeaseStore::clock_source(&store),
+        store.clock().store_source(),
+        "the store's clock is its own"
+    );
+    assert!(store.clock().store_source().is_some());
+    let key = LeaseKey::new(unique_namespace("clock"), "k").expect("key");
+    let before = store.clock().now().await.expect("db now");
+    let (absent, t1) = store.get_with_clock(&key).await.expect("fused read");
+    assert!(absent.is_none());
+    store
+        .put(
+            &mk_record(&key, "h", 1, Duration::from_secs(5)),
+            Expect::Absent,
+        )
+        .await
+        .expect("create");
+    let (present, t2) = store.get_with_clock(&key).await.expect("fused read");
+    let after = store.clock().now().await.expect("db now");
+    assert_eq!(present.expect("present").value.key, key);
+    assert!(
+        before <= t1 && t1 <= t2 && t2 <= after,
+        "{before} <= {t1} <= {t2} <= {after}"
+    );
+    let other = db.store().await;
+    assert_ne!(
+        LeaseStore::clock_source(&other),
+        store.clock().store_source(),
+        "another pool is another store"
+    );
+    other.close().await;
     let clock = store.clock();
     assert_eq!(clock.name(), "database");
     let a = clock.now().await.expect("db now");
