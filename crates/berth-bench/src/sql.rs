@@ -23,6 +23,25 @@ fn service(store: &SqlStore) -> LeaseService {
     LeaseService::new(Arc::new(store.clone()), Arc::new(store.clock()))
 }
 
+/// The store's clock, not recognised as the store's own: the service reads it in a statement of
+/// its own before reading the record (the path before `get_with_clock`), for comparison.
+#[derive(Debug)]
+struct Apart(berth_store_sql::DbClock);
+
+#[async_trait::async_trait]
+impl berth_core::Clock for Apart {
+    async fn now(&self) -> Result<time::OffsetDateTime, berth_core::StoreError> {
+        self.0.now().await
+    }
+    fn name(&self) -> &'static str {
+        "database, read apart"
+    }
+}
+
+fn service_clock_apart(store: &SqlStore) -> LeaseService {
+    LeaseService::new(Arc::new(store.clone()), Arc::new(Apart(store.clock())))
+}
+
 fn run_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -276,6 +295,14 @@ pub(crate) async fn run_server(
             c,
             "berth LeaseService::renew",
             &one,
+            Some(raw.throughput),
+        );
+        let apart = berth_renews(&service_clock_apart(&st), &ns, c, 1, duration).await?;
+        print_row(
+            engine,
+            c,
+            "berth renew, clock read apart",
+            &apart,
             Some(raw.throughput),
         );
         let hb = berth_renews(&svc, &ns, c, batch, duration).await?;
