@@ -658,15 +658,19 @@ mod pg {
         row.as_ref().map(decode).transpose()
     }
 
-    /// One statement: the record (if any) and `statement_timestamp()`, the statement's start,
-    /// which precedes the snapshot the record is read from.
+    /// One statement: the record (if any) and `now()`, the start of the statement's implicit
+    /// transaction, which precedes the snapshot the record is read from (the snapshot is
+    /// taken when the statement is bound; `statement_timestamp()` is set again when it
+    /// executes, a little later). `now()` would stand still inside a stray transaction, so the
+    /// statement also reads `statement_timestamp()`: if the two are further apart than a
+    /// statement takes, the session is inside one; it is rolled back and the call fails.
     pub(super) async fn get_with_clock(
         p: &mut PgConnection,
         key: &LeaseKey,
     ) -> Result<(Option<Versioned<LeaseRecord>>, OffsetDateTime), StoreError> {
         let row = sqlx::query(
             "SELECT l.namespace, l.name, l.holder, l.ttl_ms, l.acquired_at, l.renewed_at, \
-             l.fencing_token, l.version, statement_timestamp() \
+             l.fencing_token, l.version, now(), statement_timestamp() \
              FROM (SELECT 1) AS one LEFT JOIN berth_leases l ON l.namespace = $1 AND l.name = $2",
         )
         .bind(key.namespace())
@@ -674,7 +678,21 @@ mod pg {
         .fetch_one(&mut *p)
         .await
         .map_err(|e| store_error(SqlDriver::Postgres, e))?;
-        let now: OffsetDateTime = row.try_get(8).map_err(|e| corrupt(key.to_string(), e))?;
+        let at = |i| {
+            row.try_get::<OffsetDateTime, _>(i)
+                .map_err(|e| corrupt(key.to_string(), e))
+        };
+        let (now, statement) = (at(8)?, at(9)?);
+        if statement - now > time::Duration::seconds(1) {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *p).await;
+            return Err(StoreError::Unavailable {
+                backend: BACKEND,
+                source: format!(
+                    "a pooled connection was inside a transaction that began at {now}; rolled back"
+                )
+                .into(),
+            });
+        }
         let present: Option<String> = row.try_get(0).map_err(|e| corrupt(key.to_string(), e))?;
         let record = present.map(|_| decode(&row)).transpose()?;
         Ok((record, truncate_micros(now.to_offset(UtcOffset::UTC))))
@@ -1607,6 +1625,56 @@ mod tests {
             Range::After("c", "a")
         ));
         assert_eq!(limit(&p(None, None)), i64::MAX);
+    }
+
+    /// A session left inside a transaction (as a cut-off `BEGIN` used to leave one) is caught
+    /// by the combined clock-and-record read: it fails, and the transaction is rolled back.
+    #[tokio::test]
+    async fn a_stray_transaction_is_caught_by_the_clock_read() {
+        use sqlx::Connection as _;
+        const VAR: &str = "BERTH_TEST_POSTGRES_DSN";
+        let Some(dsn) = std::env::var(VAR).ok().filter(|v| !v.trim().is_empty()) else {
+            assert_ne!(
+                std::env::var("BERTH_REQUIRE_INTEGRATION").as_deref(),
+                Ok("1"),
+                "{VAR} is not set and BERTH_REQUIRE_INTEGRATION=1"
+            );
+            eprintln!("skipped: set {VAR} to run a_stray_transaction_is_caught_by_the_clock_read");
+            return;
+        };
+        let mut c = sqlx::PgConnection::connect(dsn.trim())
+            .await
+            .expect("connect");
+        let schema = format!("berth_stray_{:08x}", rand::random::<u32>());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA {schema}; SET search_path = {schema}"
+        )))
+        .execute(&mut c)
+        .await
+        .expect("schema");
+        crate::migrate::run_postgres(&mut c).await.expect("migrate");
+        let key = LeaseKey::new("ns", "k").unwrap();
+        let (absent, _) = pg::get_with_clock(&mut c, &key)
+            .await
+            .expect("clean session");
+        assert!(absent.is_none());
+        sqlx::raw_sql("BEGIN").execute(&mut c).await.expect("begin");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let e = pg::get_with_clock(&mut c, &key)
+            .await
+            .expect_err("stray transaction");
+        assert!(e.is_retryable(), "{e}");
+        assert!(
+            e.to_string().contains("rolled back") || format!("{e:?}").contains("rolled back"),
+            "{e:?}"
+        );
+        pg::get_with_clock(&mut c, &key)
+            .await
+            .expect("the session is clean again");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&mut c)
+            .await
+            .expect("drop schema");
     }
 
     #[test]
